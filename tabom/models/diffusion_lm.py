@@ -1,0 +1,181 @@
+"""``DiffusionLM``: a masked-diffusion LM = bidirectional backbone + family record.
+
+The backbone is a transformers model (``LlamaForCausalLM`` for LLaDA,
+``Qwen2ForCausalLM`` for Dream, both with ``config.is_causal = False``), or,
+for other checkpoints, whatever ``AutoModel`` returns with remote code.
+
+Conventions every caller can rely on:
+
+- ``forward(ids, attention_mask, positions)`` returns the logits that *predict
+  the token at each position*: the family's logit shift (Dream predicts token
+  i from the hidden state at i-1) is already applied.
+- With ``positions`` ([B, K] indices) only those K rows are projected through
+  the LM head, so callers that need a few rows never build [B, L, V] logits.
+- A 2-D ``attention_mask`` (1 = token, 0 = padding) masks padded keys and
+  re-bases position ids (cumsum - 1), so a left-padded row gives the same
+  logits at its real positions as the same row without padding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .families import ModelFamily, SpecialIds
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens: 0 at each row's first token."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp_(min=0)
+
+
+class DiffusionLM(nn.Module):
+    def __init__(self, backbone: nn.Module, family: ModelFamily, special_ids: SpecialIds,
+                 tokenizer=None, checkpoint_format=None, source: str | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.family = family
+        self.special_ids = special_ids
+        self.tokenizer = tokenizer
+        self.checkpoint_format = checkpoint_format
+        self.source = source
+        # Set by tabom.models.lora when an adapter is attached.
+        self.peft_model = None
+        self.adapter_path: str | None = None
+
+    # ------------------------------------------------------------------ info
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    @property
+    def mask_id(self) -> int:
+        return self.special_ids.mask
+
+    @property
+    def logit_shift(self) -> int:
+        return self.family.logit_shift
+
+    @property
+    def is_native(self) -> bool:
+        """True when the backbone exposes decoder + LM head separately."""
+        return self.checkpoint_format is not None
+
+    # --------------------------------------------------------------- forward
+    def _decoder_inputs(self, input_ids, attention_mask):
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(input_ids.device)
+            if bool(attention_mask.all()):
+                attention_mask = None
+        position_ids = None
+        if attention_mask is not None:
+            position_ids = position_ids_from_mask(attention_mask)
+        return attention_mask, position_ids
+
+    def hidden_states(self, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final (normed) hidden states [B, L, D], *not* shifted."""
+        if not self.is_native:
+            raise NotImplementedError(
+                "hidden_states needs a natively loaded family (llada, dream); remote-code "
+                "backbones only provide logits"
+            )
+        attention_mask, position_ids = self._decoder_inputs(input_ids, attention_mask)
+        out = self.backbone.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+    def source_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Hidden-state index that predicts the token at each of ``positions``."""
+        if self.logit_shift == 0:
+            return positions
+        return (positions - self.logit_shift).clamp(min=0)
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Apply the LM head to hidden states."""
+        return self.backbone.get_output_embeddings()(hidden)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
+        """Logits predicting each token ([B, L, V]), or only at ``positions`` ([B, K, V]).
+
+        ``return_hidden=True`` returns the (shift-aligned) hidden states that
+        would be projected instead of the logits.
+        """
+        if positions is not None:
+            positions = positions.to(input_ids.device)
+            if positions.dim() != 2 or positions.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"positions must have shape [batch, K] with batch={input_ids.shape[0]}, "
+                    f"got {tuple(positions.shape)}"
+                )
+            if positions.numel() and (positions.min() < 0 or positions.max() >= input_ids.shape[1]):
+                raise ValueError(
+                    f"positions must lie in [0, {input_ids.shape[1]}), got "
+                    f"[{int(positions.min())}, {int(positions.max())}]"
+                )
+        if not self.is_native:
+            return self._forward_remote(input_ids, attention_mask, positions, return_hidden)
+        hidden = self.hidden_states(input_ids, attention_mask)
+        if positions is None:
+            if self.logit_shift:
+                s = self.logit_shift
+                hidden = torch.cat([hidden[:, :s], hidden[:, :-s]], dim=1)
+        else:
+            src = self.source_positions(positions)
+            hidden = hidden.gather(1, src.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        if return_hidden:
+            return hidden
+        return self.project(hidden)
+
+    def _forward_remote(self, input_ids, attention_mask, positions, return_hidden):
+        if return_hidden:
+            raise NotImplementedError("return_hidden needs a natively loaded family")
+        out = self.backbone(input_ids, attention_mask=attention_mask)
+        logits = out.logits if hasattr(out, "logits") else out[0]
+        if self.logit_shift:
+            s = self.logit_shift
+            logits = torch.cat([logits[:, :s], logits[:, :-s]], dim=1)
+        if positions is not None:
+            logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+        return logits
+
+    # ------------------------------------------------------------- training
+    def gradient_checkpointing_enable(self) -> None:
+        bb = self.backbone
+        if hasattr(bb, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            bb.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            bb.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(self.backbone, "enable_input_require_grads"):
+            self.backbone.enable_input_require_grads()
+
+    def gradient_checkpointing_disable(self) -> None:
+        bb = self.backbone
+        if hasattr(bb, "activation_checkpointing_disable"):
+            bb.activation_checkpointing_disable()
+        else:
+            bb.gradient_checkpointing_disable()
+
+    # ----------------------------------------------------------------- saving
+    def save_pretrained(self, directory, max_shard_size: int | str = "5GB",
+                        save_tokenizer: bool = True) -> None:
+        """Write the model in its family's published on-disk format."""
+        from .loading import save_native_checkpoint
+
+        save_native_checkpoint(self, directory, max_shard_size=max_shard_size,
+                               save_tokenizer=save_tokenizer)
+
+    def extra_repr(self) -> str:
+        return f"family={self.family.name}, mask_id={self.special_ids.mask}, source={self.source!r}"

@@ -1,0 +1,171 @@
+"""Model families: one record per diffusion-LM family with every convention the
+rest of the toolkit needs (special tokens, logit shift, chat conventions,
+default decoder), looked up from a checkpoint's ``model_type``.
+
+Nothing outside this module branches on the family name: the sampler, the
+trainer and the lm-eval model read the fields of the record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Conventions of one masked-diffusion LM family.
+
+    Token fields hold token *strings*; the ids are resolved against the
+    tokenizer that ships with each checkpoint (see :class:`SpecialIds`), so a
+    tiny test checkpoint and the 8B release go through the same lookup. The
+    ``reference_ids`` are the ids of the published checkpoints, kept for
+    documentation and for a consistency check.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    mask_token: str
+    eos_token: str
+    pad_token: str
+    eot_token: str | None = None
+    bos_token: str | None = None
+    # Dream predicts token i from the hidden state at i-1 (AR initialisation);
+    # LLaDA predicts token i at position i.
+    logit_shift: int = 0
+    # Chat-templated text already carries BOS for LLaDA, so prompts built from
+    # the template are tokenised without adding special tokens.
+    add_special_tokens_with_chat_template: bool = False
+    default_system_prompt: str | None = None
+    # Default decoder of the family's released sampler.
+    default_decoder: dict[str, Any] = field(default_factory=dict)
+    reference_ids: dict[str, int] = field(default_factory=dict)
+    # Tokenizer class to fall back to when AutoTokenizer needs remote code.
+    tokenizer_fallback: str = "PreTrainedTokenizerFast"
+    # Eval-only tokens that decoders may push to the end of the canvas.
+    stop_tokens: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"{self.name} (model_type {', '.join(self.model_types)})"
+
+
+LLADA = ModelFamily(
+    name="llada",
+    model_types=("llada",),
+    mask_token="<|mdm_mask|>",
+    eos_token="<|endoftext|>",
+    pad_token="<|endoftext|>",
+    eot_token="<|eot_id|>",
+    bos_token="<|startoftext|>",
+    logit_shift=0,
+    add_special_tokens_with_chat_template=False,
+    default_decoder={"order": "confidence", "temperature": 0.0, "block_length": 32},
+    reference_ids={"mask": 126336, "eos": 126081, "pad": 126081, "eot": 126348, "bos": 126080},
+    tokenizer_fallback="PreTrainedTokenizerFast",
+    stop_tokens=("<|endoftext|>", "<|eot_id|>"),
+)
+
+DREAM = ModelFamily(
+    name="dream",
+    model_types=("Dream", "dream"),
+    mask_token="<|mask|>",
+    eos_token="<|endoftext|>",
+    pad_token="<|endoftext|>",
+    eot_token="<|im_end|>",
+    bos_token=None,
+    logit_shift=1,
+    add_special_tokens_with_chat_template=False,
+    default_system_prompt="You are a helpful assistant.",
+    default_decoder={"order": "entropy", "temperature": 0.1, "top_p": 0.9},
+    reference_ids={"mask": 151666, "eos": 151643, "pad": 151643, "eot": 151645},
+    tokenizer_fallback="Qwen2Tokenizer",
+    stop_tokens=("<|endoftext|>", "<|im_end|>"),
+)
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (LLADA, DREAM)}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Add a family record (for other masked-diffusion checkpoints)."""
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family called ``name`` (``llada``, ``dream``), case-insensitive."""
+    key = str(name).lower()
+    if key not in FAMILIES:
+        raise ValueError(
+            f"family={name!r} is not a known model family; known families: "
+            + ", ".join(f.describe() for f in FAMILIES.values())
+        )
+    return FAMILIES[key]
+
+
+def family_for_model_type(model_type: str | None, source: str = "config.json") -> ModelFamily:
+    """The family whose checkpoints carry ``model_type`` in their config."""
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    raise ValueError(
+        f"{source}: model_type={model_type!r} is not a known diffusion-LM family; known: "
+        + ", ".join(f.describe() for f in FAMILIES.values())
+        + ". For another masked-diffusion checkpoint pass family=<name> and trust_remote_code=True."
+    )
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Special-token ids of one loaded checkpoint (resolved from its tokenizer)."""
+
+    mask: int
+    eos: int
+    pad: int
+    eot: int | None = None
+    bos: int | None = None
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return tuple(i for i in (self.eos, self.eot) if i is not None)
+
+
+def resolve_special_ids(family: ModelFamily, tokenizer, config_mask_id: int | None = None,
+                        source: str = "tokenizer") -> SpecialIds:
+    """Look the family's special tokens up in ``tokenizer``.
+
+    Raises a ValueError naming the token when the tokenizer does not carry the
+    family's mask or EOS token, or when its mask id disagrees with the
+    checkpoint config's ``mask_token_id``.
+    """
+    vocab = tokenizer.get_vocab()
+
+    def lookup(tok: str | None, required: bool, what: str) -> int | None:
+        if tok is None:
+            return None
+        if tok not in vocab:
+            if required:
+                raise ValueError(
+                    f"{source}: the {family.name} family needs the {what} token {tok!r}, "
+                    f"which the tokenizer does not contain"
+                )
+            return None
+        return int(vocab[tok])
+
+    mask = lookup(family.mask_token, True, "mask")
+    eos = lookup(family.eos_token, True, "EOS")
+    pad = lookup(family.pad_token, False, "pad")
+    if pad is None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = SpecialIds(
+        mask=mask,
+        eos=eos,
+        pad=pad,
+        eot=lookup(family.eot_token, False, "end-of-turn"),
+        bos=lookup(family.bos_token, False, "BOS"),
+    )
+    if config_mask_id is not None and int(config_mask_id) != ids.mask:
+        raise ValueError(
+            f"{source}: mask token {family.mask_token!r} has id {ids.mask} but the checkpoint "
+            f"config says mask_token_id={config_mask_id}"
+        )
+    return ids

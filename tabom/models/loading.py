@@ -1,0 +1,284 @@
+"""Load and save diffusion-LM checkpoints (Hub id or local folder).
+
+``load_model`` checks everything it can before any weight is read:
+device availability, the config's family and architectural switches, the
+tokenizer's special tokens, and every tensor name and shape in the
+safetensors headers against the architecture. A bad checkpoint is refused
+with the file, the tensor or the field named; nothing is half-loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .diffusion_lm import DiffusionLM
+from .families import ModelFamily, family_for_model_type, get_family, resolve_special_ids
+from .formats import FORMATS, CheckpointFormat, read_tensor_shapes, save_sharded
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """``dtype`` as a torch dtype; None/"auto" = bf16 on CUDA, fp32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    key = str(dtype).lower().replace("torch.", "")
+    if key not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)} or 'auto'")
+    return DTYPES[key]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, refusing accelerators that this machine does not have."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a valid torch device: {err}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={device!r} was requested but CUDA is not available here "
+                "(torch.cuda.is_available() is False); use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device={device!r} was requested but MPS is not available here")
+    return dev
+
+
+def resolve_checkpoint_dir(pretrained: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder for ``pretrained``: the folder itself, or a Hub snapshot."""
+    path = Path(pretrained).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"pretrained={str(pretrained)!r} is a file; give the checkpoint folder")
+    text = str(pretrained)
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(
+            f"pretrained={text!r}: no such folder, and it is not a Hub id of the form 'org/name'"
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(
+        text, revision=revision,
+        allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py", "*.jinja"],
+    ))
+
+
+def read_raw_config(directory: Path) -> dict:
+    cfg_path = directory / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path}: config.json not found in the checkpoint folder")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON ({err})") from None
+
+
+def load_tokenizer(directory: Path, family: ModelFamily, trust_remote_code: bool = False):
+    """The checkpoint's tokenizer, padded on the left, with the family's pad token.
+
+    AutoTokenizer first; when the checkpoint names a remote-code tokenizer
+    class (Dream's ``DreamTokenizer``) and remote code is not trusted, the
+    family's equivalent built-in class reads the same files.
+    """
+    import transformers
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    except Exception as first:  # noqa: BLE001 -- fall back, then report both
+        cls = getattr(transformers, family.tokenizer_fallback)
+        try:
+            tok = cls.from_pretrained(str(directory))
+        except Exception as second:  # noqa: BLE001
+            raise ValueError(
+                f"{directory}: cannot load the tokenizer (AutoTokenizer: {first}; "
+                f"{family.tokenizer_fallback}: {second})"
+            ) from None
+    tok.padding_side = "left"
+    if tok.pad_token is None and family.pad_token in tok.get_vocab():
+        tok.pad_token = family.pad_token
+    return tok
+
+
+def expected_tensor_shapes(fmt: CheckpointFormat, hf_config) -> dict[str, tuple[int, ...]]:
+    """Published tensor names and shapes that the architecture needs."""
+    cls = fmt.hf_model_class()
+    with torch.device("meta"):
+        model = cls(hf_config)
+    shapes = {}
+    for name, tensor in model.state_dict().items():
+        if hf_config.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        shapes[fmt.published_name(name)] = tuple(tensor.shape)
+    return shapes
+
+
+def validate_tensors(directory: Path, fmt: CheckpointFormat, hf_config) -> None:
+    """Compare the checkpoint's tensors with the architecture; name what is wrong."""
+    found = read_tensor_shapes(directory)
+    want = expected_tensor_shapes(fmt, hf_config)
+    # A tied checkpoint may still carry the head; an untied one must.
+    tied_head = fmt.published_name("lm_head.weight")
+    missing = sorted(k for k in want if k not in found)
+    unexpected = sorted(k for k in found if k not in want and not
+                        (hf_config.tie_word_embeddings and k == tied_head))
+    wrong = sorted(k for k in want if k in found and found[k] != want[k])
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
+    for k in wrong[:8]:
+        problems.append(f"tensor {k} has shape {list(found[k])}, config.json implies {list(want[k])}")
+    if problems:
+        raise ValueError(f"{directory}: checkpoint does not match its config ({fmt.name} format): "
+                         + "; ".join(problems))
+
+
+def load_model(pretrained: str | os.PathLike, *, family: str | None = None, dtype=None,
+               device: str | torch.device = "cpu", revision: str | None = None,
+               trust_remote_code: bool = False, attn_implementation: str = "sdpa",
+               gradient_checkpointing: bool = False) -> DiffusionLM:
+    """Load a diffusion-LM checkpoint as a :class:`DiffusionLM` in eval mode.
+
+    Args:
+        pretrained: Hub id (``GSAI-ML/LLaDA-8B-Instruct``) or local folder.
+        family: ``llada`` / ``dream``; by default looked up from config.json's
+            ``model_type``. Required for other masked-diffusion checkpoints,
+            which then load through ``AutoModel`` with ``trust_remote_code``.
+        dtype: ``float32`` / ``bfloat16`` / ``float16`` / ``auto`` (bf16 on
+            CUDA, fp32 otherwise).
+        device: ``cpu``, ``cuda``, ``cuda:1`` ...; refused when absent.
+    """
+    dev = check_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    directory = resolve_checkpoint_dir(pretrained, revision)
+    raw = read_raw_config(directory)
+    source = str(directory / "config.json")
+    model_type = raw.get("model_type")
+    fam = get_family(family) if family is not None else family_for_model_type(model_type, source)
+    fmt = next((f for f in FORMATS.values() if model_type in f.model_types), None)
+
+    if fmt is None:
+        return _load_remote(directory, raw, fam, torch_dtype, dev, trust_remote_code, source)
+    if fmt.name != fam.name:
+        raise ValueError(
+            f"{source}: model_type={model_type!r} is a {fmt.name} checkpoint but family={fam.name!r} was given"
+        )
+
+    hf_config = fmt.to_hf_config(raw, source)
+    tokenizer = load_tokenizer(directory, fam, trust_remote_code)
+    ids = resolve_special_ids(fam, tokenizer, raw.get("mask_token_id"), source=f"{directory} tokenizer")
+    if max(i for i in (ids.mask, ids.eos, ids.pad) if i is not None) >= hf_config.vocab_size:
+        raise ValueError(f"{source}: special token ids {ids} exceed vocab_size={hf_config.vocab_size}")
+    validate_tensors(directory, fmt, hf_config)
+
+    cls = fmt.hf_model_class()
+    with _quiet_transformers():
+        backbone, info = cls.from_pretrained(
+            str(directory), config=hf_config, key_mapping=dict(fmt.key_map) or None,
+            dtype=torch_dtype, attn_implementation=attn_implementation,
+            output_loading_info=True,
+        )
+    bad = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    if bad:  # validate_tensors should have caught these; never return a half-loaded model
+        raise ValueError(f"{directory}: weights did not load cleanly: {bad}")
+    backbone.config.is_causal = False
+    backbone.to(dev)
+    backbone.eval()
+    model = DiffusionLM(backbone, fam, ids, tokenizer=tokenizer, checkpoint_format=fmt,
+                        source=str(pretrained))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' model-type notice and per-tensor progress bar.
+
+    Loading a ``llada``/``Dream`` config into Llama/Qwen2 is intended here,
+    so the 'model of type llada' notice is noise; everything we check
+    ourselves (missing / mismatched tensors) is raised as an error instead.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_remote(directory, raw, fam, torch_dtype, dev, trust_remote_code, source) -> DiffusionLM:
+    """Other masked-diffusion checkpoints: AutoModel with remote code, family given."""
+    if not trust_remote_code:
+        raise ValueError(
+            f"{source}: model_type={raw.get('model_type')!r} has no native loader; loading it as a "
+            f"{fam.name}-family model needs trust_remote_code=True"
+        )
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(directory, fam, trust_remote_code=True)
+    ids = resolve_special_ids(fam, tokenizer, raw.get("mask_token_id"), source=f"{directory} tokenizer")
+    backbone = AutoModel.from_pretrained(str(directory), trust_remote_code=True, dtype=torch_dtype)
+    backbone.to(dev).eval()
+    return DiffusionLM(backbone, fam, ids, tokenizer=tokenizer, checkpoint_format=None,
+                       source=str(directory))
+
+
+def save_native_checkpoint(model: DiffusionLM, directory, max_shard_size="5GB",
+                           save_tokenizer: bool = True) -> Path:
+    """Write ``model`` in its family's published layout (config, shards, tokenizer)."""
+    fmt = model.checkpoint_format
+    if fmt is None:
+        raise ValueError("save_pretrained needs a natively loaded family (llada, dream)")
+    if model.peft_model is not None:
+        raise ValueError("merge or detach the LoRA adapter before saving the base checkpoint "
+                         "(tabom.models.lora.merge_adapter), or save the adapter alone")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.backbone.config
+    raw = fmt.to_raw_config(cfg)
+    raw["mask_token_id"] = model.special_ids.mask
+    raw["eos_token_id"] = model.special_ids.eos
+    raw["pad_token_id"] = model.special_ids.pad
+    raw["torch_dtype"] = str(model.dtype).replace("torch.", "")
+    state = {}
+    for name, tensor in model.backbone.state_dict().items():
+        if cfg.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        state[fmt.published_name(name)] = tensor
+    save_sharded(state, directory, max_shard_size=max_shard_size)
+    (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    if save_tokenizer and model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(directory))
+    return directory

@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny random checkpoints in the published on-disk formats."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TABOM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+TINY_KW = dict(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """{family: folder} of sharded tiny checkpoints, written once per session."""
+    from tabom.models import write_tiny_checkpoint
+
+    out = {}
+    for fam in ("llada", "dream"):
+        out[fam] = write_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny-{fam}"), fam, seed=1,
+                                         max_shard_size="20KB", **TINY_KW)
+    return out
+
+
+@pytest.fixture(params=["llada", "dream"])
+def family(request):
+    return request.param
