@@ -1,0 +1,498 @@
+"""The diffusion sampler: the one decoding loop of the toolkit.
+
+Evaluation (``tabom_eval``), self-distillation and TDS all call
+:func:`generate`. A canvas is the prompt followed by ``gen_length`` mask
+tokens; each step runs one forward pass over the rows still decoding,
+proposes a token for every masked position of the current block, scores how
+sure the model is, and commits some of them. Committed tokens are never
+re-masked.
+
+Orders (how positions are chosen), after the reference decoders:
+
+- ``confidence``  LLaDA ``low_confidence``: probability of the proposed token
+  under the model's (unprocessed) distribution.
+- ``random``      LLaDA ``random``: uniform random scores.
+- ``maskgit_plus`` Dream: probability of the proposed token under the
+  processed (temperature / top-p / top-k) distribution.
+- ``topk_margin`` Dream: p1 - p2 of the processed distribution.
+- ``entropy``     Dream's default: negative entropy of the processed
+  distribution (computed in fp32 from log-softmax).
+- ``origin``      Dream: every masked position is revealed independently with
+  probability 1 - s/t (timestep schedule only).
+With ``alg_temp > 0`` positions are sampled from softmax(score / alg_temp)
+instead of taking the top scores.
+
+Schedules (how many positions per step), per block:
+
+- ``linear`` (LLaDA ``get_num_transfer_tokens``): the block's masked count is
+  split evenly over the block's steps, the remainder one each over the first
+  steps. ``steps`` must divide evenly across blocks.
+- ``timesteps`` (Dream): t runs over linspace(1, eps, steps + 1); step i
+  commits floor(n_masked * (1 - t_{i+1} / t_i)), the last step the rest.
+- ``tokens_per_step=k``: k positions per step (fixed parallel decoding).
+- ``threshold=tau`` (Fast-dLLM): every masked position of the block whose
+  score is >= tau, and at least the best one; steps vary.
+
+Token proposal: logits / temperature, then top-p, then top-k; greedy argmax
+at temperature 0, otherwise Gumbel-max sampling in float64 (LLaDA's
+sampler, written in log space; the same distribution as Dream's categorical
+sampling).
+
+Batching: prompts of different lengths are left-padded and masked out of
+attention with re-based positions, so a row's greedy output does not depend
+on the batch it is in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+ORDERS = ("confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
+PROBABILITY_ORDERS = ("confidence", "maskgit_plus", "topk_margin", "random")
+SCHEDULES = ("linear", "timesteps")
+PUSH_LAST = 1.0e6  # subtracted from the scores of EOS / end-of-turn proposals
+
+
+@dataclass
+class DecodeConfig:
+    """Every setting of the sampler. ``validate()`` checks ranges and combinations."""
+
+    gen_length: int = 256
+    steps: int | None = None  # total steps; None = gen_length (one token per step)
+    block_length: int | None = None  # None = gen_length (one block)
+    order: str = "confidence"
+    schedule: str = "linear"
+    tokens_per_step: int | None = None
+    threshold: float | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+    alg_temp: float | None = None
+    eps: float = 1e-3  # Dream's final timestep
+    ban_eos: bool = False  # LLaDA logits_eos_inf: never propose EOS
+    eos_last: bool = False  # LLaDA confidence_eos_eot_inf: EOS / end-of-turn proposals go last
+    early_exit: bool = False  # stop a row once nothing before its first EOS is masked
+    seed: int | None = None
+
+    def replace(self, **changes) -> "DecodeConfig":
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(
+                f"unknown decoder setting(s) {unknown}; known: {[f.name for f in dataclasses.fields(self)]}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def for_family(cls, family, **overrides) -> "DecodeConfig":
+        """The family's default decoder (Dream: entropy + timesteps; LLaDA: confidence)."""
+        base = dict(family.default_decoder)
+        if base.get("order") in ("entropy", "maskgit_plus", "topk_margin", "origin"):
+            base.setdefault("schedule", "timesteps")
+        base.update(overrides)
+        gen = base.get("gen_length", cls.gen_length)
+        if base.get("block_length") and base["block_length"] > gen:
+            base["block_length"] = gen
+        return cls().replace(**base)
+
+    # ---------------------------------------------------------- derived
+    @property
+    def block(self) -> int:
+        return self.block_length or self.gen_length
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block
+
+    @property
+    def steps_per_block(self) -> int | None:
+        """Fixed number of steps per block (None for threshold decoding)."""
+        if self.threshold is not None:
+            return None
+        if self.tokens_per_step is not None:
+            return math.ceil(self.block / self.tokens_per_step)
+        return (self.steps or self.gen_length) // self.num_blocks
+
+    def validate(self) -> "DecodeConfig":
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(msg)
+
+        need(is_int(self.gen_length) and self.gen_length >= 1,
+             f"gen_length={self.gen_length!r} must be an integer >= 1")
+        need(self.order in ORDERS, f"order={self.order!r} must be one of {list(ORDERS)}")
+        need(self.schedule in SCHEDULES, f"schedule={self.schedule!r} must be one of {list(SCHEDULES)}")
+        if self.block_length is not None:
+            need(is_int(self.block_length) and self.block_length >= 1,
+                 f"block_length={self.block_length!r} must be an integer >= 1")
+            need(self.block_length <= self.gen_length,
+                 f"block_length={self.block_length} must be <= gen_length={self.gen_length}")
+            need(self.gen_length % self.block_length == 0,
+                 f"block_length={self.block_length} must divide gen_length={self.gen_length}")
+        if self.steps is not None:
+            need(is_int(self.steps) and self.steps >= 1, f"steps={self.steps!r} must be an integer >= 1")
+            need(self.tokens_per_step is None,
+                 "give steps or tokens_per_step, not both (tokens_per_step fixes the steps)")
+            need(self.threshold is None, "give steps or threshold, not both (threshold decoding "
+                                         "takes as many steps as it needs)")
+            need(self.steps % self.num_blocks == 0,
+                 f"steps={self.steps} must divide evenly across the {self.num_blocks} blocks "
+                 f"(gen_length={self.gen_length} / block_length={self.block})")
+        if self.tokens_per_step is not None:
+            need(is_int(self.tokens_per_step) and self.tokens_per_step >= 1,
+                 f"tokens_per_step={self.tokens_per_step!r} must be an integer >= 1")
+            need(self.tokens_per_step <= self.block,
+                 f"tokens_per_step={self.tokens_per_step} must be <= block_length={self.block}")
+            need(self.threshold is None, "give tokens_per_step or threshold, not both")
+        if self.threshold is not None:
+            need(isinstance(self.threshold, (int, float)) and 0.0 < self.threshold <= 1.0,
+                 f"threshold={self.threshold!r} must be in (0, 1]")
+            need(self.order in ("confidence", "maskgit_plus", "topk_margin"),
+                 f"threshold needs a probability-valued order (confidence, maskgit_plus, "
+                 f"topk_margin), not order={self.order!r}")
+        need(isinstance(self.temperature, (int, float)) and self.temperature >= 0.0
+             and math.isfinite(self.temperature), f"temperature={self.temperature!r} must be >= 0")
+        if self.top_p is not None:
+            need(isinstance(self.top_p, (int, float)) and 0.0 < self.top_p <= 1.0,
+                 f"top_p={self.top_p!r} must be in (0, 1]")
+        if self.top_k is not None:
+            need(is_int(self.top_k) and self.top_k >= 1, f"top_k={self.top_k!r} must be an integer >= 1")
+        if self.alg_temp is not None:
+            need(isinstance(self.alg_temp, (int, float)) and self.alg_temp >= 0.0,
+                 f"alg_temp={self.alg_temp!r} must be >= 0")
+            need(self.alg_temp == 0 or self.order not in ("origin", "random"),
+                 f"alg_temp applies to score orders, not order={self.order!r}")
+            need(self.alg_temp == 0 or self.threshold is None, "alg_temp and threshold exclude each other")
+        need(isinstance(self.eps, float) and 0.0 < self.eps < 1.0, f"eps={self.eps!r} must be in (0, 1)")
+        if self.order == "origin":
+            need(self.schedule == "timesteps" and self.tokens_per_step is None and self.threshold is None,
+                 "order='origin' reveals positions with probability 1 - s/t and needs "
+                 "schedule='timesteps' (no tokens_per_step / threshold)")
+        if self.seed is not None:
+            need(is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        return self
+
+
+@dataclass
+class DecodeOutput:
+    """What :func:`generate` returns, one entry per prompt (in input order)."""
+
+    sequences: torch.Tensor  # [B, gen_length] response canvas (mask id where never decided)
+    token_ids: list[list[int]]  # response cut before the first EOS / end-of-turn
+    texts: list[str]
+    nfe: list[int]  # forward passes that included the row
+    # Trajectory (always recorded; cheap): step at which each response token
+    # was committed (0-based forward index of its row, -1 = never), and the
+    # probability and entropy (fp32, unprocessed distribution) at that step.
+    step_map: torch.Tensor = field(default=None)
+    confidence: torch.Tensor = field(default=None)
+    entropy: torch.Tensor = field(default=None)
+    config: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# token proposal and scores
+# --------------------------------------------------------------------------
+
+
+def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """Dream's processing: nucleus (top-p) then top-k filtering with -inf."""
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        remove = cum > top_p
+        remove[..., 1:] = remove[..., :-1].clone()  # keep the first token above the threshold
+        remove[..., 0] = False
+        mask = torch.zeros_like(remove).scatter(-1, sorted_idx, remove)
+        logits = logits.masked_fill(mask, float("-inf"))
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits
+
+
+def propose_tokens(logits: torch.Tensor, temperature: float, top_p: float | None, top_k: int | None,
+                   generator: torch.Generator | None):
+    """(proposed token ids, processed logits). Greedy at temperature 0."""
+    if temperature > 0:
+        processed = filter_logits(logits / temperature, top_p, top_k)
+        u = torch.rand(processed.shape, dtype=torch.float64, device=processed.device, generator=generator)
+        gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+        x0 = (processed.double() + gumbel).argmax(-1)
+    else:
+        processed = filter_logits(logits, top_p, top_k)
+        x0 = processed.argmax(-1)
+    return x0, processed
+
+
+def order_scores(order: str, logits: torch.Tensor, processed: torch.Tensor, x0: torch.Tensor,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """Score of every proposal; higher = commit earlier."""
+    if order == "confidence":
+        return logits.softmax(-1).gather(-1, x0[..., None]).squeeze(-1)
+    if order == "random" or order == "origin":
+        return torch.rand(x0.shape, device=x0.device, generator=generator)
+    logp = processed.log_softmax(-1)
+    if order == "maskgit_plus":
+        return logp.gather(-1, x0[..., None]).squeeze(-1).exp()
+    if order == "topk_margin":
+        top2 = torch.topk(logp, 2, dim=-1).values.exp()
+        return top2[..., 0] - top2[..., 1]
+    if order == "entropy":
+        p = logp.exp()
+        return torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)  # negative entropy
+    raise ValueError(f"order={order!r} must be one of {list(ORDERS)}")
+
+
+def push_stop_last(scores: torch.Tensor, x0: torch.Tensor, stop_ids: torch.Tensor) -> torch.Tensor:
+    """LLaDA's ``confidence_eos_eot_inf``: EOS / end-of-turn proposals rank below
+    every other proposal (keeping their order among themselves)."""
+    return scores - PUSH_LAST * torch.isin(x0, stop_ids).to(scores.dtype)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits) in fp32, via log-softmax."""
+    logp = logits.float().log_softmax(-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+
+# --------------------------------------------------------------------------
+# schedules
+# --------------------------------------------------------------------------
+
+
+def linear_schedule(n_masked: int, steps: int) -> list[int]:
+    """LLaDA's split of ``n_masked`` over ``steps``: even, remainder on the first steps."""
+    base, rem = divmod(n_masked, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+def timestep_count(n_masked: torch.Tensor, step: torch.Tensor, steps: int, eps: float) -> torch.Tensor:
+    """Dream's count: floor(n * (1 - s/t)) on linspace(1, eps, steps+1); the last step takes all."""
+    ts = torch.linspace(1.0, eps, steps + 1, device=n_masked.device)
+    t, s = ts[step], ts[(step + 1).clamp(max=steps)]
+    count = (n_masked.float() * (1.0 - s / t)).floor().long()
+    return torch.where(step >= steps - 1, n_masked, count)
+
+
+def _select_top(scores: torch.Tensor, candidates: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Boolean [A, K]: per row the ``count`` best-scoring candidates."""
+    s = scores.masked_fill(~candidates, float("-inf"))
+    order = torch.argsort(s, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
+    return (rank < count[:, None]) & candidates
+
+
+def _sample_positions(scores, candidates, count, alg_temp, generator):
+    """Dream's alg_temp: sample ``count`` positions from softmax(score / alg_temp)."""
+    select = torch.zeros_like(candidates)
+    for r in range(scores.shape[0]):
+        k = int(count[r])
+        if k <= 0:
+            continue
+        w = (scores[r] / alg_temp).masked_fill(~candidates[r], float("-inf")).softmax(-1)
+        idx = torch.multinomial(w.float(), k, replacement=False, generator=generator)
+        select[r, idx] = True
+    return select & candidates
+
+
+# --------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------
+
+
+def _as_prompt_lists(prompts) -> list[list[int]]:
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() == 1:
+            prompts = prompts[None]
+        return [row.tolist() for row in prompts]
+    out = [list(map(int, p)) for p in prompts]
+    if not out:
+        raise ValueError("prompts is empty: give at least one prompt")
+    return out
+
+
+@torch.no_grad()
+def generate(model, prompts, config: DecodeConfig | None = None, progress: bool = False,
+             **overrides) -> DecodeOutput:
+    """Decode ``prompts`` (token-id lists of any lengths) with ``model``.
+
+    ``config`` (default: :class:`DecodeConfig`) may be overridden by keyword,
+    e.g. ``generate(model, ids, gen_length=64, order="entropy")``.
+    """
+    cfg = (config or DecodeConfig()).replace(**overrides) if overrides else (config or DecodeConfig())
+    cfg.validate()
+    rows = _as_prompt_lists(prompts)
+    ids = model.special_ids
+    if model.logit_shift and min(len(r) for r in rows) == 0:
+        raise ValueError(f"prompts: the {model.family.name} family predicts token i from position i-1, "
+                         "so every prompt needs at least one token")
+    device = model.device
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    B, G, K = len(rows), cfg.gen_length, cfg.block
+    P = max(len(r) for r in rows)
+    x = torch.full((B, P + G), ids.pad, dtype=torch.long, device=device)
+    attn = torch.zeros((B, P + G), dtype=torch.long, device=device)
+    for r, row in enumerate(rows):
+        if row:
+            x[r, P - len(row):P] = torch.tensor(row, dtype=torch.long, device=device)
+        attn[r, P - len(row):] = 1
+    x[:, P:] = ids.mask
+    use_attn = bool((attn == 0).any())
+
+    stop_ids = torch.tensor(ids.stop_ids, device=device)
+    spb = cfg.steps_per_block
+    linear = None
+    if cfg.threshold is None and cfg.tokens_per_step is None and cfg.schedule == "linear":
+        linear = torch.tensor(linear_schedule(K, spb), device=device)
+
+    block = torch.zeros(B, dtype=torch.long, device=device)
+    step_in_block = torch.zeros(B, dtype=torch.long, device=device)
+    nfe = torch.zeros(B, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    step_map = torch.full((B, G), -1, dtype=torch.long, device=device)
+    confidence = torch.zeros((B, G), dtype=torch.float32, device=device)
+    entropy = torch.zeros((B, G), dtype=torch.float32, device=device)
+    offsets = torch.arange(K, device=device)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=B * G, desc="decoding", unit="tok", leave=False)
+
+    while not bool(done.all()):
+        act = (~done).nonzero().squeeze(1)
+        xa = x[act]
+        cols = (P + block[act] * K)[:, None] + offsets  # [A, K] canvas columns of the block
+        logits = model(xa, attention_mask=attn[act] if use_attn else None, positions=cols).float()
+        nfe[act] += 1
+        cur = xa.gather(1, cols)
+        candidates = cur == ids.mask
+
+        raw = logits
+        if cfg.ban_eos:
+            logits = logits.clone()
+            logits[..., ids.eos] = float("-inf")
+        # The mask token is never proposed (committing it would be a no-op that
+        # the reference loops silently re-decode); scores still use `logits`.
+        proposal_logits = logits.clone()
+        proposal_logits[..., ids.mask] = float("-inf")
+        x0, processed = propose_tokens(proposal_logits, cfg.temperature, cfg.top_p, cfg.top_k, generator)
+        scores = order_scores(cfg.order, logits, processed, x0, generator)
+        if cfg.eos_last:
+            scores = push_stop_last(scores, x0, stop_ids)
+
+        n_masked = candidates.sum(1)
+        sib = step_in_block[act]
+        if cfg.order == "origin":
+            ts = torch.linspace(1.0, cfg.eps, spb + 1, device=device)
+            p_reveal = torch.where(sib >= spb - 1, torch.ones_like(ts[sib]),
+                                   1.0 - ts[(sib + 1).clamp(max=spb)] / ts[sib])
+            u = torch.rand(candidates.shape, device=device, generator=generator)
+            select = candidates & (u < p_reveal[:, None])
+        else:
+            if cfg.threshold is not None:
+                above = ((scores >= cfg.threshold) & candidates).sum(1)
+                count = above.clamp(min=1)
+            elif cfg.tokens_per_step is not None:
+                count = torch.full_like(n_masked, cfg.tokens_per_step)
+            elif linear is not None:
+                count = linear[sib.clamp(max=spb - 1)]
+            else:
+                count = timestep_count(n_masked, sib, spb, cfg.eps)
+            count = torch.minimum(count, n_masked)
+            if cfg.alg_temp:
+                select = _sample_positions(scores, candidates, count, cfg.alg_temp, generator)
+            else:
+                select = _select_top(scores, candidates, count)
+
+        new = torch.where(select, x0, cur)
+        xa.scatter_(1, cols, new)
+        x[act] = xa
+        # trajectory records
+        rows_sel, k_sel = select.nonzero(as_tuple=True)
+        if rows_sel.numel():
+            resp_cols = cols[rows_sel, k_sel] - P
+            grow = act[rows_sel]
+            step_map[grow, resp_cols] = nfe[grow] - 1
+            confidence[grow, resp_cols] = raw[rows_sel, k_sel].softmax(-1).gather(
+                -1, x0[rows_sel, k_sel, None]).squeeze(-1)
+            entropy[grow, resp_cols] = token_entropy(raw[rows_sel, k_sel])
+            if bar is not None:
+                bar.update(int(rows_sel.numel()))
+
+        # advance blocks
+        left = (new == ids.mask).sum(1)
+        finished_block = left == 0
+        if spb is not None:
+            stuck = (~finished_block) & (sib + 1 >= spb) & (cfg.order != "origin")
+            if bool(stuck.any()):  # cannot happen with the schedules above
+                raise RuntimeError("internal error: block not finished after its scheduled steps")
+        step_in_block[act] = torch.where(finished_block, torch.zeros_like(sib), sib + 1)
+        block[act] = block[act] + finished_block.long()
+        done[act] = block[act] >= cfg.num_blocks
+        if cfg.early_exit:
+            done[act] |= _answer_settled(x[act, P:], stop_ids, ids.mask)
+    if bar is not None:
+        bar.close()
+
+    seqs = x[:, P:]
+    token_ids, texts = [], []
+    tok = getattr(model, "tokenizer", None)
+    for r in range(B):
+        row = seqs[r].tolist()
+        cut = len(row)
+        for j, t in enumerate(row):
+            if t in ids.stop_ids or t == ids.mask:
+                cut = j
+                break
+        token_ids.append(row[:cut])
+        texts.append(tok.decode(row[:cut], skip_special_tokens=True) if tok is not None else "")
+    return DecodeOutput(sequences=seqs.cpu(), token_ids=token_ids, texts=texts, nfe=nfe.tolist(),
+                        step_map=step_map.cpu(), confidence=confidence.cpu(), entropy=entropy.cpu(),
+                        config=cfg.to_dict())
+
+
+def _answer_settled(resp: torch.Tensor, stop_ids: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Rows whose first committed EOS / end-of-turn has no mask before it."""
+    is_stop = torch.isin(resp, stop_ids)
+    has_stop = is_stop.any(1)
+    first = torch.where(has_stop, is_stop.float().argmax(1), torch.full_like(has_stop, resp.shape[1], dtype=torch.long))
+    before = torch.arange(resp.shape[1], device=resp.device)[None] < first[:, None]
+    return has_stop & ~((resp == mask_id) & before).any(1)
+
+
+def encode_prompts(model, texts: Sequence[str], chat: bool = True,
+                   system_prompt: str | None = None) -> list[list[int]]:
+    """Token ids for ``texts``, through the tokenizer's chat template when ``chat``."""
+    tok = model.tokenizer
+    out = []
+    for text in texts:
+        if chat:
+            messages = []
+            if system_prompt:
+                messages.append({"role": "system", "content": system_prompt})
+            messages.append({"role": "user", "content": text})
+            rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            out.append(tok(rendered, add_special_tokens=model.family.add_special_tokens_with_chat_template)
+                       ["input_ids"])
+        else:
+            out.append(tok(text)["input_ids"])
+    return out
