@@ -192,9 +192,9 @@ class DecodeOutput:
     token_ids: list[list[int]]  # response cut before the first EOS / end-of-turn
     texts: list[str]
     nfe: list[int]  # forward passes that included the row
-    # Trajectory (always recorded; cheap): step at which each response token
-    # was committed (0-based forward index of its row, -1 = never), and the
-    # probability and entropy (fp32, unprocessed distribution) at that step.
+    # Step at which each response token was committed (0-based forward index
+    # of its row, -1 = never); with trajectory=True also the probability and
+    # the entropy (fp32, log-softmax of the model's logits) at that step.
     step_map: torch.Tensor = field(default=None)
     confidence: torch.Tensor = field(default=None)
     entropy: torch.Tensor = field(default=None)
@@ -290,6 +290,9 @@ def timestep_count(n_masked: torch.Tensor, step: torch.Tensor, steps: int, eps: 
 def _select_top(scores: torch.Tensor, candidates: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Boolean [A, K]: per row the ``count`` best-scoring candidates."""
     s = scores.masked_fill(~candidates, float("-inf"))
+    if s.shape[0] == 1:  # one row: topk is cheaper than a full sort
+        k = int(count[0])
+        return torch.zeros_like(candidates).index_fill_(1, torch.topk(s[0], k).indices, True) & candidates
     order = torch.argsort(s, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(s.shape[1], device=s.device).expand_as(order))
@@ -327,8 +330,11 @@ def _as_prompt_lists(prompts) -> list[list[int]]:
 
 @torch.no_grad()
 def generate(model, prompts, config: DecodeConfig | None = None, progress: bool = False,
-             **overrides) -> DecodeOutput:
+             trajectory: bool = False, **overrides) -> DecodeOutput:
     """Decode ``prompts`` (token-id lists of any lengths) with ``model``.
+
+    The step map is always returned; ``trajectory=True`` also records the
+    probability and entropy of each token at the step it was committed.
 
     ``config`` (default: :class:`DecodeConfig`) may be overridden by keyword,
     e.g. ``generate(model, ids, gen_length=64, order="entropy")``.
@@ -367,9 +373,12 @@ def generate(model, prompts, config: DecodeConfig | None = None, progress: bool 
     nfe = torch.zeros(B, dtype=torch.long, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     step_map = torch.full((B, G), -1, dtype=torch.long, device=device)
-    confidence = torch.zeros((B, G), dtype=torch.float32, device=device)
-    entropy = torch.zeros((B, G), dtype=torch.float32, device=device)
+    confidence = entropy = None
+    if trajectory:
+        confidence = torch.zeros((B, G), dtype=torch.float32, device=device)
+        entropy = torch.zeros((B, G), dtype=torch.float32, device=device)
     offsets = torch.arange(K, device=device)
+    arange_b = torch.arange(B, device=device)
 
     bar = None
     if progress:
@@ -378,24 +387,31 @@ def generate(model, prompts, config: DecodeConfig | None = None, progress: bool 
         bar = tqdm(total=B * G, desc="decoding", unit="tok", leave=False)
 
     while not bool(done.all()):
-        act = (~done).nonzero().squeeze(1)
-        xa = x[act]
+        all_active = not bool(done.any())
+        act = arange_b if all_active else (~done).nonzero().squeeze(1)
+        xa = x if all_active else x[act]
         cols = (P + block[act] * K)[:, None] + offsets  # [A, K] canvas columns of the block
         logits = model(xa, attention_mask=attn[act] if use_attn else None, positions=cols).float()
         nfe[act] += 1
         cur = xa.gather(1, cols)
         candidates = cur == ids.mask
 
-        raw = logits
         if cfg.ban_eos:
-            logits = logits.clone()
             logits[..., ids.eos] = float("-inf")
-        # The mask token is never proposed (committing it would be a no-op that
-        # the reference loops silently re-decode); scores still use `logits`.
-        proposal_logits = logits.clone()
-        proposal_logits[..., ids.mask] = float("-inf")
-        x0, processed = propose_tokens(proposal_logits, cfg.temperature, cfg.top_p, cfg.top_k, generator)
-        scores = order_scores(cfg.order, logits, processed, x0, generator)
+        # p(x0) for the confidence order and the trajectory uses the model's
+        # distribution (after the EOS ban, as LLaDA does); the mask token itself
+        # is then removed from the proposals only (committing it would be a
+        # no-op that the reference loops silently re-decode).
+        lse = logits.logsumexp(-1)
+        if trajectory:
+            step_entropy = token_entropy(logits)
+        logits[..., ids.mask] = float("-inf")
+        x0, processed = propose_tokens(logits, cfg.temperature, cfg.top_p, cfg.top_k, generator)
+        p_x0 = (logits.gather(-1, x0[..., None]).squeeze(-1) - lse).exp()
+        if cfg.order == "confidence":
+            scores = p_x0
+        else:
+            scores = order_scores(cfg.order, logits, processed, x0, generator)
         if cfg.eos_last:
             scores = push_stop_last(scores, x0, stop_ids)
 
@@ -425,26 +441,23 @@ def generate(model, prompts, config: DecodeConfig | None = None, progress: bool 
 
         new = torch.where(select, x0, cur)
         xa.scatter_(1, cols, new)
-        x[act] = xa
+        if not all_active:
+            x[act] = xa
         # trajectory records
         rows_sel, k_sel = select.nonzero(as_tuple=True)
         if rows_sel.numel():
             resp_cols = cols[rows_sel, k_sel] - P
             grow = act[rows_sel]
             step_map[grow, resp_cols] = nfe[grow] - 1
-            confidence[grow, resp_cols] = raw[rows_sel, k_sel].softmax(-1).gather(
-                -1, x0[rows_sel, k_sel, None]).squeeze(-1)
-            entropy[grow, resp_cols] = token_entropy(raw[rows_sel, k_sel])
+            if trajectory:
+                confidence[grow, resp_cols] = p_x0[rows_sel, k_sel].float()
+                entropy[grow, resp_cols] = step_entropy[rows_sel, k_sel]
             if bar is not None:
                 bar.update(int(rows_sel.numel()))
 
         # advance blocks
         left = (new == ids.mask).sum(1)
         finished_block = left == 0
-        if spb is not None:
-            stuck = (~finished_block) & (sib + 1 >= spb) & (cfg.order != "origin")
-            if bool(stuck.any()):  # cannot happen with the schedules above
-                raise RuntimeError("internal error: block not finished after its scheduled steps")
         step_in_block[act] = torch.where(finished_block, torch.zeros_like(sib), sib + 1)
         block[act] = block[act] + finished_block.long()
         done[act] = block[act] >= cfg.num_blocks
@@ -466,7 +479,9 @@ def generate(model, prompts, config: DecodeConfig | None = None, progress: bool 
         token_ids.append(row[:cut])
         texts.append(tok.decode(row[:cut], skip_special_tokens=True) if tok is not None else "")
     return DecodeOutput(sequences=seqs.cpu(), token_ids=token_ids, texts=texts, nfe=nfe.tolist(),
-                        step_map=step_map.cpu(), confidence=confidence.cpu(), entropy=entropy.cpu(),
+                        step_map=step_map.cpu(),
+                        confidence=confidence.cpu() if trajectory else None,
+                        entropy=entropy.cpu() if trajectory else None,
                         config=cfg.to_dict())
 
 

@@ -67,7 +67,8 @@ def test_tokens_per_step(models, prompts):
 
 def test_threshold_commits_at_least_one_and_all_above(models, prompts):
     tau = 0.02
-    out = generate(models["llada"], prompts["llada"], gen_length=16, block_length=8, threshold=tau)
+    out = generate(models["llada"], prompts["llada"], gen_length=16, block_length=8, threshold=tau,
+                   trajectory=True)
     for r in range(3):
         counts = per_step_counts(out.step_map[r], out.nfe[r])
         assert min(counts) >= 1 and sum(counts) == 16
