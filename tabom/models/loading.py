@@ -105,11 +105,13 @@ def load_tokenizer(directory: Path, family: ModelFamily, trust_remote_code: bool
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
     except Exception as first:  # noqa: BLE001 -- fall back, then report both
         cls = getattr(transformers, family.tokenizer_fallback)
         try:
-            tok = cls.from_pretrained(str(directory))
+            with _quiet_transformers():
+                tok = cls.from_pretrained(str(directory))
         except Exception as second:  # noqa: BLE001
             raise ValueError(
                 f"{directory}: cannot load the tokenizer (AutoTokenizer: {first}; "
