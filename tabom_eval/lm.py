@@ -1,0 +1,421 @@
+"""``tabom_dlm``: an lm-eval model for masked-diffusion LMs (LLaDA, Dream, ...).
+
+    lm_eval --model tabom_dlm \
+        --model_args pretrained=GSAI-ML/LLaDA-8B-Instruct,gen_length=256,block_length=32 \
+        --tasks tabom_gsm8k --apply_chat_template --include_path tasks
+
+Every generation goes through :func:`tabom.decoding.generate` (the one
+sampler). ``model_args`` set the defaults; a task's ``generation_kwargs``
+override them where they overlap (``max_gen_toks`` -> ``gen_length``,
+``until``, ``temperature``, and any sampler setting such as ``block_length``
+or ``steps`` that our task presets carry).
+
+Multiple-choice tasks use the Monte Carlo estimate of the reference projects
+(LLaDA ``get_log_likelihood``): the number of masked continuation tokens is
+stratified over the batch, each masked token's NLL weighted by L / k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm.auto import tqdm
+
+from tabom.decoding import DecodeConfig, generate
+
+logger = logging.getLogger(__name__)
+
+SAMPLER_KEYS = tuple(f for f in DecodeConfig.__dataclass_fields__)  # every DecodeConfig field
+MODEL_KEYS = ("pretrained", "peft", "merge_peft", "family", "dtype", "device", "batch_size",
+              "max_batch_size", "revision", "trust_remote_code", "mc_num", "mc_batch_size",
+              "max_length", "samples_file", "system_prompt")
+ACCEPTED_KEYS = MODEL_KEYS + SAMPLER_KEYS
+# HF generate() keys that tasks commonly carry and that mean nothing to a diffusion sampler.
+IGNORED_GEN_KEYS = ("do_sample", "num_beams", "max_length", "min_length", "repetition_penalty",
+                    "max_new_tokens")
+
+
+def _coerce(value: Any) -> Any:
+    """model_args arrive as strings from the CLI ("0.9", "none", "true")."""
+    if not isinstance(value, str):
+        return value
+    low = value.strip().lower()
+    if low in ("none", "null", ""):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _as_int(name: str, value) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} must be an integer") from None
+    if out < 1:
+        raise ValueError(f"{name}={value!r} must be >= 1")
+    return out
+
+
+@register_model("tabom_dlm")
+class TabomDLM(LM):
+    """lm-eval model wrapping a :class:`tabom.models.DiffusionLM` and the sampler."""
+
+    def __init__(self, pretrained: str | None = None, **kwargs):
+        super().__init__()
+        unknown = sorted(set(kwargs) - set(ACCEPTED_KEYS))
+        if unknown:
+            raise ValueError(
+                f"tabom_dlm: unknown model_args {unknown}; accepted keys: {', '.join(ACCEPTED_KEYS)}"
+            )
+        if not pretrained:
+            raise ValueError("tabom_dlm: model_args must include pretrained=<Hub id or local folder>")
+        kw = {k: _coerce(v) for k, v in kwargs.items()}
+
+        from tabom.models import load_adapter, load_model
+
+        self._accelerator = None
+        self._rank, self._world_size = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator
+
+            self._accelerator = Accelerator()
+            self._rank = self._accelerator.process_index
+            self._world_size = self._accelerator.num_processes
+            device = str(self._accelerator.device)
+        else:
+            device = kw.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+        self.pretrained = str(pretrained)
+        self.peft = kw.get("peft")
+        self.model = load_model(pretrained, family=kw.get("family"), dtype=kw.get("dtype"),
+                                device=device, revision=kw.get("revision"),
+                                trust_remote_code=bool(kw.get("trust_remote_code", False)))
+        if self.peft:
+            load_adapter(self.model, self.peft, merge=bool(kw.get("merge_peft", False)))
+        self.model.eval()
+        self.tokenizer = self.model.tokenizer
+        self._device = self.model.device
+
+        bs = kw.get("batch_size", 1)
+        if isinstance(bs, str) and bs.startswith("auto"):
+            logger.warning("tabom_dlm: batch_size=auto is not supported; using max_batch_size or 1")
+            bs = kw.get("max_batch_size") or 1
+        self.batch_size = _as_int("batch_size", bs)
+        self.mc_num = _as_int("mc_num", kw.get("mc_num", 128))
+        self.mc_batch_size = _as_int("mc_batch_size", kw.get("mc_batch_size", min(32, self.mc_num)))
+        if self.mc_num % self.mc_batch_size:
+            raise ValueError(f"mc_num={self.mc_num} must be a multiple of mc_batch_size={self.mc_batch_size}")
+        self.max_length = int(kw.get("max_length") or getattr(self.model.config, "max_position_embeddings", 4096))
+        self.system_prompt = kw.get("system_prompt")
+        self.samples_file = kw.get("samples_file")
+
+        sampler = {k: kw[k] for k in SAMPLER_KEYS if k in kw and kw[k] is not None}
+        self.decode_defaults = DecodeConfig.for_family(self.model.family, **sampler)
+        self.decode_defaults.validate()
+        self._chat_template_used = False
+        self._side_path: Path | None = None
+
+    # ----------------------------------------------------------- identity
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of everything that changes the model's outputs."""
+        blob = json.dumps({"pretrained": self.pretrained, "peft": self.peft,
+                           "decoder": self.decode_defaults.to_dict(), "mc_num": self.mc_num,
+                           "system_prompt": self.system_prompt}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    cache_fingerprint = fingerprint
+
+    @property
+    def model_name(self) -> str:
+        d = self.decode_defaults
+        name = self.pretrained + (f"+{self.peft}" if self.peft else "")
+        steps = d.steps or (f"k{d.tokens_per_step}" if d.tokens_per_step else
+                            (f"tau{d.threshold}" if d.threshold else d.gen_length))
+        return f"{name}[{d.order},gen{d.gen_length},steps{steps},block{d.block},T{d.temperature}]"
+
+    def get_model_info(self) -> dict:
+        return {
+            "model_name": self.model_name,
+            "tabom_decoder": self.decode_defaults.to_dict(),
+            "tabom_adapter": self.peft,
+            "tabom_family": self.model.family.name,
+            "tabom_fingerprint": self.fingerprint,
+            "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_dtype": str(self.model.dtype),
+        }
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.pretrained.replace("/", "__") + "__" + self.fingerprint
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None) or ""
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        self._chat_template_used = True
+        messages = list(chat_history)
+        if self.system_prompt and (not messages or messages[0]["role"] != "system"):
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
+
+    # ------------------------------------------------------ distribution
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    def all_gather(self, tensor):
+        if self._world_size <= 1:
+            return tensor
+        return self._accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        if self._world_size <= 1:
+            return [obj]
+        result = [None] * self._world_size if self._rank == dst else None
+        torch.distributed.gather_object(obj=obj, object_gather_list=result, dst=dst)
+        return result
+
+    def barrier(self) -> None:
+        if self._world_size > 1:
+            self._accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------ prompts
+    def _encode(self, text: str) -> list[int]:
+        fam = self.model.family
+        add_special = fam.add_special_tokens_with_chat_template if self._chat_template_used else True
+        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        return ids
+
+    def _truncate(self, ids: list[int], gen_length: int) -> list[int]:
+        room = self.max_length - gen_length
+        if room < 1:
+            raise ValueError(f"gen_length={gen_length} leaves no room for the prompt within "
+                             f"max_length={self.max_length}")
+        if len(ids) > room:
+            logger.warning("tabom_dlm: prompt of %d tokens left-truncated to %d", len(ids), room)
+            ids = ids[-room:]
+        return ids
+
+    def decode_config_for(self, gen_kwargs: dict) -> tuple[DecodeConfig, list[str]]:
+        """The sampler settings for one request: model_args overridden by gen_kwargs."""
+        kw = dict(gen_kwargs or {})
+        until = kw.pop("until", None)
+        if isinstance(until, str):
+            until = [until]
+        until = [u for u in (until or []) if u]
+        changes: dict[str, Any] = {}
+        if "max_gen_toks" in kw:
+            changes["gen_length"] = int(kw.pop("max_gen_toks"))
+        do_sample = kw.pop("do_sample", None)
+        if "temperature" in kw:
+            changes["temperature"] = float(kw.pop("temperature"))
+        elif do_sample is False:
+            changes["temperature"] = 0.0
+        for key in list(kw):
+            if key in SAMPLER_KEYS:
+                changes[key] = kw.pop(key)
+            elif key in IGNORED_GEN_KEYS:
+                kw.pop(key)
+        if kw:
+            raise ValueError(f"tabom_dlm: generation_kwargs {sorted(kw)} are not understood; "
+                             f"sampler settings: {', '.join(SAMPLER_KEYS)}")
+        cfg = self.decode_defaults.replace(**changes)
+        if "gen_length" in changes and cfg.block_length and cfg.block_length > cfg.gen_length:
+            cfg = cfg.replace(block_length=None)
+        return cfg.validate(), until
+
+    # -------------------------------------------------------- generation
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        results: list[str | None] = [None] * len(requests)
+        groups: dict[str, list[tuple[int, list[int], DecodeConfig, list[str]]]] = defaultdict(list)
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args[0], (req.args[1] if len(req.args) > 1 else {})
+            cfg, until = self.decode_config_for(gen_kwargs)
+            ids = self._truncate(self._encode(context), cfg.gen_length)
+            groups[json.dumps(cfg.to_dict(), sort_keys=True)].append((i, ids, cfg, until))
+        bar = tqdm(total=len(requests), desc="tabom_dlm generate", disable=disable_tqdm or self.rank != 0)
+        for _, items in groups.items():
+            items.sort(key=lambda it: -len(it[1]))  # longest first: similar lengths share a batch
+            for start in range(0, len(items), self.batch_size):
+                batch = items[start:start + self.batch_size]
+                cfg = batch[0][2]
+                t0 = time.perf_counter()
+                out = generate(self.model, [it[1] for it in batch], cfg)
+                wall = time.perf_counter() - t0
+                records = []
+                for j, (i, ids, _, until) in enumerate(batch):
+                    text = out.texts[j]
+                    for stop in until:
+                        text = text.split(stop)[0]
+                    results[i] = text
+                    req = requests[i]
+                    records.append({
+                        "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": len(ids),
+                        "generated_tokens": len(out.token_ids[j]), "nfe": out.nfe[j],
+                        "batch_wall_s": round(wall, 4), "batch_size": len(batch), "text": text,
+                        "decoder": cfg.to_dict(),
+                    })
+                    self.cache_hook.add_partial("generate_until", req.args, text) if hasattr(
+                        self, "cache_hook") else None
+                self._write_side(records)
+                bar.update(len(batch))
+        bar.close()
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------- side file
+    def _side_file(self) -> Path | None:
+        if self._side_path is not None:
+            return self._side_path
+        target = self.samples_file or os.environ.get("TABOM_SAMPLES_FILE")
+        if target:
+            path = Path(target)
+        else:
+            out = _cli_output_path()
+            if out is None:
+                return None
+            from lm_eval.utils import sanitize_model_name
+
+            base = Path(out)
+            if base.suffix == ".json":
+                base = base.parent
+            name = sanitize_model_name(self.peft or self.pretrained)
+            stamp = time.strftime("%Y-%m-%dT%H-%M-%S")
+            path = base / name / f"tabom_samples_{stamp}.jsonl"
+        if self._world_size > 1:
+            path = path.with_name(f"{path.stem}_rank{self._rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._side_path = path
+        return path
+
+    def _write_side(self, records: list[dict]) -> None:
+        path = self._side_file()
+        if path is None or not records:
+            return
+        with open(path, "a") as f:  # appended per batch: finished work is never lost
+            for rec in records:
+                rec = {"model": self.model_name, "fingerprint": self.fingerprint, **rec}
+                f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+    # ------------------------------------------------------- likelihood
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        out = []
+        gen = torch.Generator().manual_seed(1234)
+        for req in tqdm(requests, desc="tabom_dlm loglikelihood", disable=disable_tqdm or self.rank != 0):
+            context, continuation = req.args
+            ctx_ids = self._encode(context) if context else []
+            full = self._encode(context + continuation)
+            # Tokenise the pair jointly, then split, as lm-eval's TemplateLM does.
+            n_ctx = len(ctx_ids)
+            while n_ctx > 0 and full[:n_ctx] != ctx_ids[:n_ctx]:
+                n_ctx -= 1
+            target = full[n_ctx:]
+            prefix = full[:n_ctx]
+            if not target:
+                out.append((0.0, True))
+                continue
+            if self.model.logit_shift and not prefix:
+                raise ValueError("tabom_dlm: Dream-family models need a non-empty context for loglikelihood")
+            ll = self.monte_carlo_loglikelihood(prefix, target, gen)
+            greedy = self._suffix_greedy(prefix, target)
+            out.append((ll, greedy))
+            if hasattr(self, "cache_hook"):
+                self.cache_hook.add_partial("loglikelihood", req.args, (ll, greedy))
+        return out
+
+    @torch.no_grad()
+    def monte_carlo_loglikelihood(self, prefix: list[int], target: list[int],
+                                  generator: torch.Generator | None = None) -> float:
+        """log p(target | prefix) estimated as in LLaDA: masked count k stratified over
+        the batch, each masked token's NLL weighted by L / k, mean over mc_num samples."""
+        dev = self.model.device
+        L, P, b = len(target), len(prefix), self.mc_batch_size
+        seq = torch.tensor(prefix + target, device=dev)[None].expand(b, -1)
+        tgt = torch.tensor(target, device=dev)
+        positions = (P + torch.arange(L, device=dev))[None].expand(b, -1)
+        totals = []
+        for _ in range(self.mc_num // b):
+            k0 = int(torch.randint(1, L + 1, (), generator=generator))
+            ks = torch.round(torch.linspace(float(k0), k0 + (b - 1) * (L / b), b)).long()
+            ks = ((ks - 1) % L) + 1  # masked count per row, stratified over 1..L
+            ranks = torch.stack([torch.randperm(L, generator=generator) for _ in range(b)])
+            is_mask = (ranks < ks[:, None]).to(dev)
+            noisy = seq.clone()
+            noisy[:, P:] = torch.where(is_mask, torch.full_like(noisy[:, P:], self.model.mask_id), noisy[:, P:])
+            logits = self.model(noisy, positions=positions).float()  # [b, L, V]
+            nll = F.cross_entropy(logits.flatten(0, 1), tgt.repeat(b), reduction="none").view(b, L)
+            weight = (L / ks.to(dev).float())[:, None]
+            totals.append(((nll * weight) * is_mask).sum().item() / b)
+        return -sum(totals) / len(totals)
+
+    def _suffix_greedy(self, prefix: list[int], target: list[int]) -> bool:
+        """Would greedy decoding (one token per step, confidence order) produce ``target``?"""
+        cfg = DecodeConfig(gen_length=len(target), order="confidence", temperature=0.0)
+        out = generate(self.model, [prefix], cfg)
+        return out.sequences[0].tolist() == target
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError(
+            "tabom_dlm: loglikelihood_rolling (perplexity tasks such as wikitext) is not defined for "
+            "masked diffusion LMs here; use generation or multiple-choice (loglikelihood) tasks"
+        )
+
+
+def _cli_output_path() -> str | None:
+    """--output_path / -o of the running lm_eval command line, if any."""
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg in ("--output_path", "-o") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--output_path="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _patch_caching_lm() -> None:
+    """lm-eval's request cache keys only on the request; give each tabom_dlm
+    configuration (checkpoint, adapter, decoder settings) its own cache file."""
+    from lm_eval.api import model as lm_model
+
+    cls = lm_model.CachingLM
+    if getattr(cls, "_tabom_patched", False):
+        return
+    original = cls.__init__
+
+    def __init__(self, lm, cache_db):
+        fp = getattr(lm, "cache_fingerprint", None)
+        if isinstance(fp, str) and cache_db.endswith(".db"):
+            cache_db = f"{cache_db[:-3]}_{fp}.db"
+        original(self, lm, cache_db)
+
+    cls.__init__ = __init__
+    cls._tabom_patched = True
+
+
+_patch_caching_lm()
