@@ -78,7 +78,23 @@ def _as_int(name: str, value) -> int:
 class TabomDLM(LM):
     """lm-eval model wrapping a :class:`tabom.models.DiffusionLM` and the sampler."""
 
-    def __init__(self, pretrained: str | None = None, **kwargs):
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """lm-eval's own options (batch_size, device ...) arrive in ``additional_config``.
+        Its ``--device`` defaults to cuda:0, so a device that comes from there
+        falls back to the CPU when CUDA is absent; ``model_args device=`` is strict."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        cli_device = extra.pop("device", None)
+        args = {**extra, **dict(arg_dict)}
+        return cls(**args, _cli_device=cli_device)
+
+    def __init__(self, pretrained: str | None = None, _cli_device: str | None = None, **kwargs):
         super().__init__()
         unknown = sorted(set(kwargs) - set(ACCEPTED_KEYS))
         if unknown:
@@ -100,8 +116,14 @@ class TabomDLM(LM):
             self._rank = self._accelerator.process_index
             self._world_size = self._accelerator.num_processes
             device = str(self._accelerator.device)
+        elif kw.get("device"):
+            device = kw["device"]
+        elif _cli_device and (not str(_cli_device).startswith("cuda") or torch.cuda.is_available()):
+            device = _cli_device
         else:
-            device = kw.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+            if _cli_device and str(_cli_device) != "cpu":
+                logger.warning("tabom_dlm: --device %s is not available here; using the CPU", _cli_device)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
 
         self.pretrained = str(pretrained)
         self.peft = kw.get("peft")
