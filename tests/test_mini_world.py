@@ -1,0 +1,69 @@
+"""The mini world: deterministic generators, disjoint splits, tokenizer, quick pretraining."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tabom.mini_world import code_records, generate_code, generate_math, math_records, split_of
+from tabom.models import build_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_generators_are_deterministic():
+    assert math_records("test", 50, seed=3) == math_records("test", 50, seed=3)
+    assert code_records("train", 50, seed=3) == code_records("train", 50, seed=3)
+    assert math_records("test", 50, seed=3) != math_records("test", 50, seed=4)
+
+
+def test_splits_are_disjoint():
+    qs = {s: {p.question for p in generate_math(s, 300)} for s in ("pretrain", "train", "test")}
+    cs = {s: {p.prompt for p in generate_code(s, 300)} for s in ("pretrain", "train", "test")}
+    for d in (qs, cs):
+        assert not d["pretrain"] & d["test"] and not d["train"] & d["test"] and not d["pretrain"] & d["train"]
+        assert all(len(v) == 300 for v in d.values())  # distinct within a split
+    assert all(split_of(q) == "test" for q in qs["test"])
+
+
+def test_difficulty_varies():
+    steps = {p.steps for p in generate_math("test", 400)}
+    ops = {p.ops for p in generate_code("test", 400)}
+    assert steps == {1, 2, 3} and ops == {1, 2}
+
+
+def test_answer_formats():
+    for r in math_records("test", 100):
+        assert r["answer"].endswith(f"#### {r['final']}") and r["pretrain_answer"].endswith(f"#### {r['final']}")
+        assert r["answer"] != r["pretrain_answer"]  # ground truth is written in another style
+    for r in code_records("test", 100):
+        assert r["code"].startswith(f"def {r['entry_point']}(") and len(r["test_list"]) == 3
+        assert "result" in r["code"] and "result" not in r["pretrain_code"]
+
+
+def test_tokenizer_round_trips_every_string():
+    tok = build_tokenizer("llada")
+    texts = []
+    for r in math_records("test", 200) + math_records("train", 200):
+        texts += [r["question"], r["answer"], r["pretrain_answer"]]
+    for r in code_records("test", 200):
+        texts += [r["prompt"], r["code"], r["pretrain_code"], *r["test_list"]]
+    for t in texts:
+        assert tok.decode(tok(t, add_special_tokens=False)["input_ids"]) == t
+
+
+def test_quick_pretraining_lowers_the_loss(tmp_path):
+    import json
+
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "pretrain_tiny.py"), "--quick",
+                          "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    info = json.loads((tmp_path / "m" / "pretrain_info.json").read_text())
+    assert info["last_loss"] < 0.8 * info["first_loss"]
+    assert (tmp_path / "m" / "config.json").exists()
+    from tabom.models import load_model
+
+    load_model(tmp_path / "m")  # a regular LLaDA-format checkpoint
