@@ -6,10 +6,13 @@
 Stages (each writes into the run folder and is skipped when its output is
 already complete):
 
-  base     the base checkpoint (no argument: a tiny LLaDA-format model)
+  base     the base checkpoint (default: the shipped mini-world tiny LLaDA
+           model, models/tiny-llada-mini; --base to use another)
+  eval     No-SFT evaluation of the base on mini_math and mini_code through
+           lm-eval's own API with the tabom_dlm model (the numbers lm_eval prints)
   decode   decode sample prompts with the family's default decoder and record
            trajectories (tokens, step map, entropies, NFE) as JSONL
-  eval, distill, train, tds, leaderboards
+  distill, train, tds, leaderboards
            not built yet: printed as such (tracked in the project's issues)
 """
 
@@ -25,18 +28,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+SHIPPED_BASE = REPO / "models" / "tiny-llada-mini"
+MINI_TASKS = ["mini_math", "mini_code"]
 PENDING = {
-    "eval": "lm-eval model tabom_dlm and the benchmark tasks",
     "distill": "self-distilled trajectories",
     "train": "SFT-GT, SFT-SD, dInfer, T3D and TABOM training",
     "tds": "trajectory discrimination score",
     "leaderboards": "generated markdown leaderboards",
 }
 PROMPTS = [
-    "Tom has 3 apples and buys 4 more. How many apples does he have?",
-    "Write a function add(a, b) that returns the sum of a and b.",
-    "A box holds 12 pens. How many pens are in 5 boxes?",
-    "Write a function is_even(n) that returns True when n is even.",
+    "Ann has 3 pens. Ann gets 4 more. How many pens does Ann have?",
+    "Write a function calc(x) that returns x plus 3.\nTest: assert calc(1) == 4",
+    "Each box has 6 eggs. Sam buys 3 boxes and gives away 5. How many eggs does Sam have?",
+    "Write a function f(xs) that returns the sum of xs.\nTest: assert f([1, 2]) == 3",
 ]
 
 
@@ -46,24 +50,41 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def stage_base(run: Path, force: bool) -> Path:
-    from tabom.models import write_tiny_checkpoint
+def stage_base(run: Path, base_arg: str | None, force: bool) -> Path:
+    from tabom.models import load_model
 
-    out = run / "base"
-    if (out / "config.json").exists() and not force:
-        print(f"[base] skipped: {out} exists")
-        return out
-    tmp = run / "base.tmp"
-    if tmp.exists():
-        import shutil
+    base = Path(base_arg) if base_arg else SHIPPED_BASE
+    if not (base / "config.json").exists():
+        raise SystemExit(f"[base] {base}/config.json not found: pass --base <checkpoint folder>, or "
+                         "rebuild the mini-world base with python scripts/pretrain_tiny.py")
+    model = load_model(base)
+    n = sum(p.numel() for p in model.parameters())
+    record = run / "base.json"
+    atomic_write_text(record, json.dumps({"base": str(base.resolve()), "family": model.family.name,
+                                          "params": n}, indent=1))
+    print(f"[base] {base} ({model.family.name}, {n / 1e6:.2f}M parameters)")
+    return base
 
-        shutil.rmtree(tmp)
-    write_tiny_checkpoint(tmp, "llada", seed=0, hidden_size=64, num_layers=2, num_heads=4,
-                          intermediate_size=128)
-    os.replace(tmp, out)
-    print(f"[base] wrote a random tiny LLaDA-format checkpoint to {out} "
-          "(the pretrained mini-world base is not built yet)")
-    return out
+
+def stage_eval(run: Path, base: Path, force: bool, limit: int | None) -> None:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    out = run / "eval" / "no_sft" / "results.json"
+    if out.exists() and not force:
+        print(f"[eval] skipped: {out} exists")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tm = TaskManager(include_path=str(REPO / "tasks"), include_defaults=False)
+    res = lm_eval.simple_evaluate(model="tabom_dlm", model_args=f"pretrained={base},batch_size=32",
+                                  tasks=MINI_TASKS, task_manager=tm, apply_chat_template=True,
+                                  confirm_run_unsafe_code=True, limit=limit, log_samples=False)
+    res.pop("samples", None)
+    atomic_write_text(out, json.dumps(res, indent=1, default=handle_non_serializable))
+    scores = ", ".join(f"{t} {res['results'][t]['score,none']:.3f}" for t in MINI_TASKS)
+    print(f"[eval] No-SFT: {scores} ({time.perf_counter() - t0:.0f} s) -> {out}")
 
 
 def stage_decode(run: Path, base: Path, force: bool) -> None:
@@ -76,7 +97,7 @@ def stage_decode(run: Path, base: Path, force: bool) -> None:
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     model = load_model(base)
-    cfg = DecodeConfig.for_family(model.family, gen_length=32, block_length=8)
+    cfg = DecodeConfig.for_family(model.family, gen_length=48)
     t0 = time.perf_counter()
     res = generate(model, encode_prompts(model, PROMPTS), cfg, progress=True, trajectory=True)
     lines = []
@@ -94,17 +115,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=None, help="pipeline config file (not built yet)")
     ap.add_argument("--run-dir", default=str(REPO / "runs" / "mini"))
-    ap.add_argument("--only", choices=["base", "decode", *PENDING], default=None)
-    ap.add_argument("--force", choices=["base", "decode"], action="append", default=[])
+    ap.add_argument("--base", default=None, help="base checkpoint folder (default: the shipped tiny model)")
+    ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems per task")
+    ap.add_argument("--only", choices=["base", "eval", "decode", *PENDING], default=None)
+    ap.add_argument("--force", choices=["eval", "decode"], action="append", default=[])
     args = ap.parse_args(argv)
     if args.config:
         ap.error("--config: pipeline configs are not built yet; run without it for the mini world")
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     want = lambda s: args.only in (None, s)  # noqa: E731
-    base = run / "base"
-    if want("base") or not (base / "config.json").exists():
-        base = stage_base(run, "base" in args.force)
+    base = stage_base(run, args.base, False)
+    if want("eval"):
+        stage_eval(run, base, "eval" in args.force, args.limit)
     if want("decode"):
         stage_decode(run, base, "decode" in args.force)
     for stage, what in PENDING.items():

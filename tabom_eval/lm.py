@@ -267,7 +267,13 @@ class TabomDLM(LM):
         if kw:
             raise ValueError(f"tabom_dlm: generation_kwargs {sorted(kw)} are not understood; "
                              f"sampler settings: {', '.join(SAMPLER_KEYS)}")
-        cfg = self.decode_defaults.replace(**changes)
+        d = self.decode_defaults
+        if (d.tokens_per_step is not None or d.threshold is not None) and "steps" in changes \
+                and "tokens_per_step" not in changes and "threshold" not in changes:
+            # parallel decoding asked for in model_args (tokens_per_step=2, threshold=0.9)
+            # replaces a task preset's one-token-per-step `steps`
+            changes.pop("steps")
+        cfg = d.replace(**changes)
         if "gen_length" in changes and cfg.block_length and cfg.block_length > cfg.gen_length:
             cfg = cfg.replace(block_length=None)
         return cfg.validate(), until

@@ -44,6 +44,11 @@ def test_gen_kwargs_override_model_args(lm):
     assert cfg.gen_length == 16 and cfg.block_length == 8 and cfg.order == "confidence"
     cfg, _ = lm.decode_config_for({"max_gen_toks": 4})  # a block longer than the answer is dropped
     assert cfg.gen_length == 4 and cfg.block == 4
+    from tabom_eval.lm import TabomDLM
+
+    par = TabomDLM(pretrained=lm.pretrained, tokens_per_step=2)
+    cfg, _ = par.decode_config_for({"max_gen_toks": 32, "steps": 32, "block_length": 8})
+    assert cfg.tokens_per_step == 2 and cfg.steps is None and cfg.steps_per_block == 4
     with pytest.raises(ValueError, match=r"generation_kwargs \['beam_width'\] are not understood"):
         lm.decode_config_for({"beam_width": 3})
 

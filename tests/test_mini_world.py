@@ -67,3 +67,23 @@ def test_quick_pretraining_lowers_the_loss(tmp_path):
     from tabom.models import load_model
 
     load_model(tmp_path / "m")  # a regular LLaDA-format checkpoint
+
+
+def test_ground_truth_passes_its_verifier_and_corruptions_fail():
+    from tabom import scoring
+
+    for r in math_records("test", 400):
+        for answer in (r["answer"], r["pretrain_answer"]):
+            assert scoring.gsm8k_correct(answer, r["answer"], mode="strict")
+        wrong = r["answer"].rsplit("#### ", 1)[0] + f"#### {r['final'] + 1}"
+        assert not scoring.gsm8k_correct(wrong, r["answer"], mode="strict")
+    recs = code_records("test", 60)
+    jobs, want = [], []
+    for r in recs:
+        for code, ok in ((r["code"], True), (r["pretrain_code"], True),
+                         (r["pretrain_code"].replace("return ", "return 1 + ", 1) if "True" not in r["test_list"][0]
+                          else r["pretrain_code"].replace("return ", "return not ", 1), False)):
+            jobs.append((scoring.mbpp_program(code, r), scoring.mbpp_test_code(r)))
+            want.append(ok)
+    got = [o["passed"] for o in scoring.run_tests_parallel(jobs, timeout=10.0)]
+    assert got == want
