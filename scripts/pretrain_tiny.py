@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain the mini world's tiny diffusion LM (LLaDA format) from scratch.
 
-    python scripts/pretrain_tiny.py [--out models/tiny-llada-mini] [--steps 1500] [--quick]
+    python scripts/pretrain_tiny.py [--out models/tiny-llada-mini] [--steps 2400] [--quick]
 
 Same seed and same data give the same checkpoint (on the same torch build and
 thread count). ``--quick`` trains a smaller model for a few steps (used by the

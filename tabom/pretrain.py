@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 @dataclass
 class PretrainConfig:
-    steps: int = 1500
+    steps: int = 2400
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 50
