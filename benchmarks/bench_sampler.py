@@ -102,7 +102,9 @@ def main(argv=None):
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {model.source} ({n_params / 1e6:.2f}M params) on {args.device}/{args.dtype}, "
           f"torch threads {torch.get_num_threads()}")
-    texts = [f"Question {i}: what is {i} + {2 * i}? Explain briefly." for i in range(8)]
+    from tabom.mini_world import code_records, math_records
+
+    texts = [r["question"] for r in math_records("test", 4)] + [r["prompt"] for r in code_records("test", 4)]
     prompts = encode_prompts(model, texts)
     same = [prompts[0]] * 8  # equal lengths: forward shape is exactly [B, P + G]
     P = len(prompts[0])
@@ -119,10 +121,11 @@ def main(argv=None):
               f"ratio {ratio:.3f} (target <= 1.05; wall / time inside forwards {inside:.3f}), "
               f"{batch * G / wall:.1f} tokens/s")
 
-    print("\n== parallel decoding (batch 1, block 32)")
-    for name, cfg in [("k=1", base.replace(block_length=32)),
-                      ("k=2", base.replace(block_length=32, tokens_per_step=2)),
-                      ("threshold 0.9", base.replace(block_length=32, threshold=0.9))]:
+    blk = next(b for b in (32, 16, 8, G) if G % b == 0)
+    print(f"\n== parallel decoding (batch 1, block {blk}, a mini_math prompt)")
+    for name, cfg in [("k=1", base.replace(block_length=blk)),
+                      ("k=2", base.replace(block_length=blk, tokens_per_step=2)),
+                      ("threshold 0.9", base.replace(block_length=blk, threshold=0.9))]:
         wall, out, _ = time_generate(model, [prompts[0]], cfg, args.repeats)
         print(f"{name:>14}: NFE {out.nfe[0]:4d}, {G / wall:8.1f} tokens/s")
 
