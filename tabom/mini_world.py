@@ -12,7 +12,9 @@ in-domain vs out-of-domain evaluation, TDS) run on 2 CPU cores in minutes.
   sandbox as MBPP / HumanEval.
 
 Difficulty varies: the number of arithmetic steps (1-3) and the size of the
-numbers; the number of operations a function composes (1-2).
+numbers; the number of operations a function composes (1-2), and whether a
+constant must be computed (``x plus 3 plus 4`` -> ``return x + 7``) rather
+than copied from the text.
 
 Two solution styles per problem. The pretraining corpus teaches a compact
 style (``3+4=7. 7-2=5. #### 5``; ``return x * 3 + 2``). The ground-truth
@@ -125,8 +127,14 @@ _INT_OPS = (("plus", "+"), ("minus", "-"), ("times", "*"))
 
 def _code_problem(rng: random.Random) -> CodeProblem:
     f = rng.choice(FUNC_NAMES)
-    kind = rng.choice(("int1", "int1", "int2", "int2", "pair", "parity", "list", "str"))
-    if kind in ("int1", "int2"):
+    kind = rng.choice(("int1", "int1", "int2", "int2", "pair", "parity", "list", "str") + ("fold",) * 8)
+    if kind == "fold":  # the constant must be computed, not copied: x plus 3 plus 4 -> x + 7
+        (w, o) = rng.choice((("plus", "+"), ("times", "*")))
+        a, b = (rng.randint(1, 9), rng.randint(1, 9)) if o == "+" else (rng.randint(2, 4), rng.randint(2, 4))
+        expr, ops = f"x {o} {a + b if o == '+' else a * b}", 2
+        text = f"Write a function {f}(x) that returns x {w} {a} {w} {b}."
+        args, inputs = "x", [rng.randint(0, 9) for _ in range(3)]
+    elif kind in ("int1", "int2"):
         (w1, o1), k = rng.choice(_INT_OPS), rng.randint(1, 9)
         expr, desc, ops = f"x {o1} {k}", f"x {w1} {k}", 1
         if kind == "int2":
