@@ -653,6 +653,19 @@ def default_workers() -> int:
     return max(1, min(16, 2 * (os.cpu_count() or 1)))
 
 
+def execute_responses(resps, docs, program_fn, test_fn, timeout: float = 10.0) -> list[dict]:
+    """Run every response's tests in parallel sandboxes; one
+    ``{response, program, passed, result}`` per response (lm-eval ``custom``
+    filters of the code tasks call this, since process_results sees one
+    document at a time)."""
+    responses = [r[0] if isinstance(r, (list, tuple)) else r for r in resps]
+    programs = [program_fn(r, d) for r, d in zip(responses, docs, strict=True)]
+    tests = [test_fn(d) for d in docs]
+    outcomes = run_tests_parallel(zip(programs, tests, strict=True), timeout=timeout)
+    return [{"response": r, "program": p, "passed": o["passed"], "result": o["result"]}
+            for r, p, o in zip(responses, programs, outcomes, strict=True)]
+
+
 def run_tests_parallel(jobs: Iterable[tuple[str, str]], timeout: float = 10.0,
                        memory_mb: int = 1024, max_workers: int | None = None) -> list[dict]:
     """:func:`run_tests` over ``(program, test_code)`` pairs with a thread pool

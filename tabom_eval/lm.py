@@ -309,8 +309,7 @@ class TabomDLM(LM):
                         "batch_wall_s": round(wall, 4), "batch_size": len(batch), "text": text,
                         "decoder": cfg.to_dict(),
                     })
-                    self.cache_hook.add_partial("generate_until", req.args, text) if hasattr(
-                        self, "cache_hook") else None
+                    self.cache_hook.add_partial("generate_until", req.args, text)
                 self._write_side(records)
                 bar.update(len(batch))
         bar.close()
@@ -373,8 +372,7 @@ class TabomDLM(LM):
             ll = self.monte_carlo_loglikelihood(prefix, target, gen)
             greedy = self._suffix_greedy(prefix, target)
             out.append((ll, greedy))
-            if hasattr(self, "cache_hook"):
-                self.cache_hook.add_partial("loglikelihood", req.args, (ll, greedy))
+            self.cache_hook.add_partial("loglikelihood", req.args, (ll, greedy))
         return out
 
     @torch.no_grad()

@@ -33,12 +33,7 @@ def process_mini_math(doc: dict, results: list[str]) -> dict:
 
 
 def execute_mini_code(resps, docs):
-    responses = [r[0] if isinstance(r, (list, tuple)) else r for r in resps]
-    programs = [scoring.mbpp_program(r, d) for r, d in zip(responses, docs, strict=True)]
-    tests = [scoring.mbpp_test_code(d) for d in docs]
-    outcomes = scoring.run_tests_parallel(zip(programs, tests, strict=True), timeout=5.0)
-    return [{"response": r, "program": p, "passed": o["passed"], "result": o["result"]}
-            for r, p, o in zip(responses, programs, outcomes, strict=True)]
+    return scoring.execute_responses(resps, docs, scoring.mbpp_program, scoring.mbpp_test_code, timeout=5.0)
 
 
 def process_mini_code(doc: dict, results: list) -> dict:

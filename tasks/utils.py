@@ -122,14 +122,7 @@ def process_math500(doc: dict, results: list[str]) -> dict:
 
 
 def _code_filter(resps, docs, program_fn, test_fn):
-    """Run every response's tests in parallel sandboxes (lm-eval calls
-    process_results one document at a time, so execution happens here)."""
-    responses = [r[0] if isinstance(r, (list, tuple)) else r for r in resps]
-    programs = [program_fn(r, d) for r, d in zip(responses, docs, strict=True)]
-    tests = [test_fn(d) for d in docs]
-    outcomes = scoring.run_tests_parallel(zip(programs, tests, strict=True), timeout=CODE_TIMEOUT_S)
-    return [{"response": r, "program": p, "passed": o["passed"], "result": o["result"]}
-            for r, p, o in zip(responses, programs, outcomes, strict=True)]
+    return scoring.execute_responses(resps, docs, program_fn, test_fn, timeout=CODE_TIMEOUT_S)
 
 
 def execute_humaneval(resps, docs):
