@@ -385,6 +385,14 @@ def mbpp_entry_point(problem: dict) -> str | None:
     return m.group(1) if m else (names[0] if names else None)
 
 
+def mbpp_prompt(problem: dict) -> str:
+    """The MBPP prompt of the ``tabom_mbpp`` task (and of MBPP training queries):
+    the description, the tests to pass, and the answer format."""
+    tests = "\n".join(problem["test_list"])
+    return (f"{problem['text']}\nYour code should pass these tests:\n\n```python\n{tests}\n```\n\n"
+            "Write the complete Python function in a single ```python code block.")
+
+
 def mbpp_program(response: str, problem: dict) -> str:
     """The program that MBPP's tests run for ``response``: its extracted code."""
     return extract_code(response, mbpp_entry_point(problem))

@@ -164,6 +164,4 @@ def agg_inst_level_acc(items: list[list[bool]]) -> float:
 
 # ------------------------------------------------------------ prompts
 def mbpp_doc_to_text(doc: dict) -> str:
-    tests = "\n".join(doc["test_list"])
-    return (f"{doc['text']}\nYour code should pass these tests:\n\n```python\n{tests}\n```\n\n"
-            "Write the complete Python function in a single ```python code block.")
+    return scoring.mbpp_prompt(doc)

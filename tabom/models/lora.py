@@ -15,6 +15,7 @@ from typing import Sequence
 from torch import nn
 
 from .diffusion_lm import DiffusionLM
+from .loading import _quiet_transformers
 
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 
@@ -49,7 +50,8 @@ def add_lora(model: DiffusionLM, r: int = 16, alpha: int = 32, dropout: float = 
         )
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(target_modules), bias="none")
-    model.peft_model = get_peft_model(model.backbone, config)
+    with _quiet_transformers():
+        model.peft_model = get_peft_model(model.backbone, config)
     got = len(_adapted_modules(model.backbone))
     if got != want:
         raise RuntimeError(f"LoRA adapted {got} modules, expected {want} ({list(target_modules)})")
@@ -80,8 +82,9 @@ def load_adapter(model: DiffusionLM, adapter_path: str | Path, merge: bool = Fal
     if model.peft_model is not None:
         raise ValueError("the model already carries a LoRA adapter")
     try:
-        model.peft_model = PeftModel.from_pretrained(model.backbone, str(adapter_path),
-                                                     is_trainable=is_trainable)
+        with _quiet_transformers():
+            model.peft_model = PeftModel.from_pretrained(model.backbone, str(adapter_path),
+                                                         is_trainable=is_trainable)
     except RuntimeError as err:  # shape mismatches: adapter from another base
         raise ValueError(
             f"peft={str(adapter_path)!r} does not fit the base model {model.source!r}: {err}"
@@ -104,7 +107,8 @@ def merge_adapter(model: DiffusionLM) -> DiffusionLM:
 def save_adapter(model: DiffusionLM, directory: str | Path) -> Path:
     if model.peft_model is None:
         raise ValueError("the model carries no adapter to save")
-    model.peft_model.save_pretrained(str(directory))
+    with _quiet_transformers():
+        model.peft_model.save_pretrained(str(directory))
     return Path(directory)
 
 

@@ -1,0 +1,208 @@
+"""Self-distillation: decode training queries with the base model's default
+decoder, verify every answer, keep the valid trajectories.
+
+    python -m tabom.distill --model models/tiny-llada-mini --source mini_math:600 \
+        --source mini_code:600 --gen-length 48 --out runs/mini/distill
+    accelerate launch -m tabom.distill --model GSAI-ML/LLaDA-8B-Instruct --dtype bfloat16 \
+        --source prm12k --gen-length 256 --batch-size 8 --out runs/llada/distill_math
+
+Decoding goes through :func:`tabom.decoding.generate` (the one sampler) with
+``trajectory=True``; answers are checked by :func:`tabom.queries.verify`
+(the scoring functions of the lm-eval tasks).
+
+Output folder::
+
+    shards/part-<hash>.parquet  every decoded record (valid or not), one file per batch,
+                                written atomically: an interrupted run resumes from them
+    trajectories.parquet        the valid records, in query order (what training reads)
+    summary.json                counts, valid rate, decoder, model revision, timing
+
+Under ``accelerate launch`` each process decodes queries ``rank::world``; the
+main process merges the shards. A rerun skips every query id already in a
+shard, so nothing is decoded twice and no record is duplicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from .trajectories import FIELDS, model_revision, write_parquet
+
+
+def _done_ids(shard_dir: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    done: set[str] = set()
+    for f in sorted(shard_dir.glob("part-*.parquet")):
+        done.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
+    return done
+
+
+def _read_shards(shard_dir: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows: list[dict] = []
+    for f in sorted(shard_dir.glob("part-*.parquet")):
+        rows.extend(pq.read_table(f).to_pylist())
+    return rows
+
+
+def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch_size: int = 8,
+            progress: bool = True, verify_timeout: float = 10.0, system_prompt: str | None = None,
+            model_name: str | None = None, seed: int = 0) -> dict:
+    """Decode, verify and store ``queries`` (from :func:`tabom.queries.load_queries`).
+
+    ``decoder``: a :class:`tabom.decoding.DecodeConfig` (default: the family's
+    default decoder at gen_length 256). Returns the summary dict.
+    """
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from .decoding import DecodeConfig, encode_prompts, generate
+    from .queries import verify
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    ids = [q["id"] for q in queries]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"queries: id {dup!r} appears more than once; ids must be unique")
+    cfg = decoder or DecodeConfig.for_family(model.family, gen_length=256)
+    if cfg.early_exit:
+        raise ValueError("decoder early_exit=True leaves tokens undecided; the step map must cover "
+                         "every token, so distil with early_exit=False")
+    cfg.validate()
+    state = PartialState()
+    out = Path(out_dir)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    done = _done_ids(shard_dir)
+    mine = [q for q in queries[state.process_index::state.num_processes]]
+    todo = [q for q in mine if q["id"] not in done]
+    name = model_name or str(model.source)
+    revision = model_revision(model.source) if model.source and Path(model.source).is_dir() else "unknown"
+    dec_json = json.dumps(cfg.to_dict(), sort_keys=True)
+
+    n_valid = n_total = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"distill[{state.process_index}]",
+               disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        key = hashlib.sha1("\n".join(q["id"] for q in batch).encode()).hexdigest()[:16]
+        bcfg = cfg.replace(seed=seed + int(key[:8], 16)) if cfg.temperature > 0 else cfg
+        prompt_ids = encode_prompts(model, [q["prompt"] for q in batch], system_prompt=system_prompt)
+        res = generate(model, prompt_ids, bcfg, trajectory=True)
+        verdicts = verify(batch, res.texts, timeout=verify_timeout)
+        rows = []
+        for i, q in enumerate(batch):
+            rows.append({
+                "id": q["id"], "source": q["source"], "domain": q["domain"], "prompt": q["prompt"],
+                "prompt_ids": list(prompt_ids[i]), "response_ids": res.sequences[i].tolist(),
+                "step_map": res.step_map[i].tolist(), "entropy": res.entropy[i].float().tolist(),
+                "confidence": res.confidence[i].float().tolist(), "response": res.texts[i],
+                "answer": q["answer"], "correct": bool(verdicts[i]), "nfe": int(res.nfe[i]),
+                "decoder": dec_json, "model": name, "model_revision": revision,
+            })
+        write_parquet(rows, shard_dir / f"part-{key}.parquet")
+        n_total += len(rows)
+        n_valid += sum(r["correct"] for r in rows)
+        bar.update(len(rows))
+        bar.set_postfix(valid=f"{n_valid}/{n_total}")
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    state.wait_for_everyone()
+    summary = {}
+    if state.is_main_process:
+        summary = finalize(out, queries, extra={
+            "decoder": cfg.to_dict(), "model": name, "model_revision": revision,
+            "batch_size": batch_size, "processes": state.num_processes,
+            "seconds_this_run": round(elapsed, 2), "decoded_this_run": n_total,
+        })
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        summary = json.loads((out / "summary.json").read_text())
+    return summary
+
+
+def finalize(out: Path, queries: list[dict], extra: dict | None = None) -> dict:
+    """Merge the shards into ``trajectories.parquet`` (valid records, query order)."""
+    order = {q["id"]: i for i, q in enumerate(queries)}
+    rows = {r["id"]: r for r in _read_shards(out / "shards") if r["id"] in order}
+    missing = [q["id"] for q in queries if q["id"] not in rows]
+    if missing:
+        raise RuntimeError(f"{out}/shards lacks {len(missing)} of {len(queries)} queries "
+                           f"(first: {missing[0]!r}); rerun the distillation to finish them")
+    ordered = sorted(rows.values(), key=lambda r: order[r["id"]])
+    valid = [{k: r[k] for k in FIELDS} for r in ordered if r["correct"]]
+    if not valid:
+        raise RuntimeError(f"{out}: none of the {len(ordered)} decoded answers passed its verifier; "
+                           "there is nothing to train on")
+    write_parquet(valid, out / "trajectories.parquet")
+    per_source: dict[str, dict] = {}
+    for r in ordered:
+        s = per_source.setdefault(r["source"], {"total": 0, "valid": 0})
+        s["total"] += 1
+        s["valid"] += int(r["correct"])
+    summary = {"total": len(ordered), "valid": len(valid), "valid_rate": len(valid) / len(ordered),
+               "per_source": per_source, **(extra or {})}
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+def _parse_source(text: str) -> tuple[str, int | None]:
+    name, _, n = text.partition(":")
+    if n and not n.isdigit():
+        raise argparse.ArgumentTypeError(f"--source {text!r}: expected NAME or NAME:COUNT")
+    return name, int(n) if n else None
+
+
+def main(argv=None) -> int:
+    from .decoding import DecodeConfig
+    from .models import load_model
+    from .queries import SOURCES, load_queries
+
+    ap = argparse.ArgumentParser(prog="python -m tabom.distill", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="base checkpoint (folder or Hub id)")
+    ap.add_argument("--source", action="append", type=_parse_source, required=True,
+                    help=f"query source NAME[:COUNT], repeatable; one of {sorted(SOURCES)}")
+    ap.add_argument("--out", required=True, help="output folder (resumed when it exists)")
+    ap.add_argument("--gen-length", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--device", default=None, help="default: this process's accelerator device")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a decoder setting, e.g. --set order=entropy --set block_length=32")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    from accelerate import PartialState
+
+    device = args.device or str(PartialState().device)
+    model = load_model(args.model, dtype=args.dtype, device=device)
+    over = {}
+    for item in args.set:
+        k, sep, v = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        over[k] = json.loads(v) if v not in ("", "None") and not v.isalpha() else (None if v == "None" else v)
+    cfg = DecodeConfig.for_family(model.family, gen_length=args.gen_length, **over)
+    queries = [q for name, n in args.source for q in load_queries(name, n, seed=args.seed)]
+    summary = distill(model, queries, args.out, cfg, batch_size=args.batch_size,
+                      progress=not args.no_progress, model_name=args.model, seed=args.seed)
+    if PartialState().is_main_process:
+        print(f"[distill] valid {summary['valid']}/{summary['total']} "
+              f"({100 * summary['valid_rate']:.1f}%) -> {Path(args.out) / 'trajectories.parquet'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,525 @@
+"""LoRA post-training of a diffusion LM with one of the five methods.
+
+    python -m tabom.train --config configs/mini/tabom_math.yaml [--set lr=1e-4 ...]
+    accelerate launch --config_file configs/accelerate/ddp_8gpu.yaml -m tabom.train \
+        --config configs/llada/tabom_math.yaml
+
+Methods (``method:``): ``sft_gt`` / ``sft_sd`` (NELBO on ground-truth /
+self-distilled answers), ``dinfer``, ``t3d``, ``tabom``; the losses are in
+:mod:`tabom.objectives`. Every method trains on the same trajectory dataset
+(:mod:`tabom.distill`): SFT-GT uses the ground-truth answers of the same
+queries whose self-distilled answers were valid, so the methods differ only
+in what they learn from.
+
+Distribution, mixed precision and sharding come from accelerate (``accelerate
+launch`` with a DDP, FSDP or DeepSpeed config); the loop itself is single-
+process code. LoRA (peft) on ``target_modules``; AdamW; linear warm-up then
+cosine decay to 0 over all optimizer steps; gradient accumulation; bf16
+autocast on CUDA when ``bf16: true``; gradient checkpointing on request.
+
+Output folder::
+
+    log.jsonl                  one line per optimizer step: lr, loss, each term, ce, pair_acc
+    checkpoints/step-N/        accelerate state: adapter, optimizer, scheduler, RNG (resume)
+    epoch-E/                   the adapter after epoch E (peft format)
+    adapter/                   the final adapter
+    train_summary.json         written last: the run is complete when it exists
+
+A rerun of the same config resumes from the newest checkpoint and gives the
+same adapter as an uninterrupted run (the noise of every micro-batch is
+seeded from (seed, epoch, micro-batch, rank); the data order from (seed, epoch)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .objectives import (dinfer_loss, dinfer_view, pack, sft_loss, sft_view, t3d_loss, t3d_view,
+                         tabom_loss, tabom_view, token_stats)
+
+TRAIN_METHODS = ("sft_gt", "sft_sd", "dinfer", "t3d", "tabom")
+METHOD_LABELS = {"sft_gt": "SFT-GT", "sft_sd": "SFT-SD", "dinfer": "dInfer", "t3d": "T3D", "tabom": "TABOM"}
+
+
+@dataclass
+class TrainConfig:
+    method: str = "tabom"
+    model: str = ""  # base checkpoint (folder or Hub id)
+    trajectories: str = ""  # trajectory dataset (folder or parquet file)
+    output_dir: str = ""
+    domain: str | None = None  # keep only trajectories of this domain
+    dtype: str | None = None  # model weights dtype; default bf16 on CUDA when bf16, else fp32
+    # LoRA
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # optimisation
+    lr: float = 2e-5
+    warmup_steps: int = 50
+    epochs: int = 5
+    max_steps: int | None = None  # cap on optimizer steps (None: epochs decide)
+    per_device_batch: int = 4
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float | None = 1.0
+    bf16: bool = True
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_steps: int = 100
+    save_total_limit: int = 2
+    # objectives
+    eps: float = 1e-3  # sft: p_mask = (1 - eps) t + eps
+    window: int = 32  # tabom: local window w
+    window_mode: str = "local"  # tabom: local | global
+    lam: float = 1.0  # tabom: ranking weight lambda (0 = reconstruction only)
+    margin: float = 0.2  # tabom: hinge margin m
+    entropy_temperature: float = 1.0  # temperature of the entropies that are ranked
+    beta: float = 0.1  # t3d
+    alpha: float = 0.5  # t3d
+    lambda_path: float = 0.2  # t3d
+    path_k: int = 4  # t3d tokens per path level
+    t3d_ratios: list = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
+    t3d_ratio_power: float = 8.0
+    gt_max_tokens: int | None = None  # sft_gt: canvas cap (default: longest answer)
+
+    # ------------------------------------------------------------ files
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
+        """Read a YAML/JSON config; ``inherit: other.yaml`` (relative to the
+        file) is read first. Relative paths in ``model``, ``trajectories`` and
+        ``output_dir`` stay as written (relative to the working directory)."""
+        data = _read_config(Path(path))
+        data.update({k: v for k, v in overrides.items()})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        cfg = cls(**data)
+        cfg.validate(str(path))
+        return cfg
+
+    def validate(self, where: str = "config") -> None:
+        def bad(key, rule):
+            raise ValueError(f"{where}: {key}={getattr(self, key)!r} {rule}")
+
+        if self.method not in TRAIN_METHODS:
+            bad("method", f"must be one of {list(TRAIN_METHODS)}")
+        for key in ("model", "trajectories", "output_dir"):
+            if not getattr(self, key):
+                bad(key, "must be set")
+        for key in ("lora_r", "epochs", "per_device_batch", "grad_accum", "window", "path_k", "save_steps"):
+            if int(getattr(self, key)) < 1:
+                bad(key, "must be >= 1")
+        if self.lr <= 0:
+            bad("lr", "must be > 0")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", "must be >= 0")
+        if self.window_mode not in ("local", "global"):
+            bad("window_mode", "must be 'local' or 'global'")
+        if self.lam < 0 or self.margin < 0:
+            bad("lam" if self.lam < 0 else "margin", "must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            bad("max_steps", "must be >= 1 or null")
+        if not self.target_modules:
+            bad("target_modules", "must name at least one module")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _read_config(path: Path, seen=()) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: 'inherit' chain loops back to itself")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a mapping of key: value")
+    parent = data.pop("inherit", None)
+    if parent:
+        base = _read_config(path.parent / parent, (*seen, path.resolve()))
+        base.update(data)
+        data = base
+    return data
+
+
+# --------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------
+
+def build_examples(cfg: TrainConfig, model) -> list[dict]:
+    """Training examples: prompt ids, response canvas, decode order and steps."""
+    from .trajectories import decode_order, load_trajectories
+
+    ds = load_trajectories(cfg.trajectories, only_correct=True)
+    rows = ds.to_list()
+    if cfg.domain:
+        rows = [r for r in rows if r.get("domain") == cfg.domain]
+    if not rows:
+        raise ValueError(f"{cfg.trajectories}: no valid trajectories"
+                         + (f" of domain {cfg.domain!r}" if cfg.domain else ""))
+    ids = model.special_ids
+    out = []
+    if cfg.method == "sft_gt":
+        tok = model.tokenizer
+        end = ids.eot if ids.eot is not None else ids.eos
+        answers = [tok(r["answer"], add_special_tokens=False)["input_ids"] + [end] for r in rows]
+        canvas = max(len(rows[0]["response_ids"]), max(len(a) for a in answers))
+        if cfg.gt_max_tokens:
+            canvas = min(canvas, cfg.gt_max_tokens)
+        for r, a in zip(rows, answers):
+            a = a[:canvas]
+            out.append({"prompt_ids": r["prompt_ids"], "response_ids": a + [ids.eos] * (canvas - len(a)),
+                        "length": canvas, "order": None, "steps": None})
+        return out
+    longest = max(len(r["response_ids"]) for r in rows)
+    if cfg.method == "tabom" and cfg.window_mode == "local" and cfg.window > longest:
+        raise ValueError(f"window={cfg.window} is larger than every trajectory in {cfg.trajectories} "
+                         f"(longest response: {longest} tokens); use window <= {longest} or "
+                         "window_mode: global")
+    for r in rows:
+        out.append({"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"],
+                    "length": len(r["response_ids"]),
+                    "order": decode_order(r["step_map"], r["entropy"]).tolist(),
+                    "steps": list(r["step_map"])})
+    return out
+
+
+def collate(examples: list[dict], pad_id: int, eos_id: int) -> dict:
+    """Left-padded prompts then the response canvas (EOS-padded to the
+    longest row); ``order``/``steps`` are -1 beyond a row's length."""
+    B = len(examples)
+    P = max(len(e["prompt_ids"]) for e in examples)
+    G = max(e["length"] for e in examples)
+    x = torch.full((B, P + G), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + G), dtype=torch.long)
+    order = torch.full((B, G), -1, dtype=torch.long)
+    steps = torch.full((B, G), -1, dtype=torch.long)
+    for b, e in enumerate(examples):
+        p, r = e["prompt_ids"], e["response_ids"]
+        x[b, P - len(p):P] = torch.tensor(p)
+        x[b, P:P + len(r)] = torch.tensor(r)
+        x[b, P + len(r):] = eos_id
+        attn[b, P - len(p):] = 1
+        if e["order"] is not None:
+            order[b, :len(r)] = torch.tensor(e["order"])
+            steps[b, :len(r)] = torch.tensor(e["steps"])
+    lengths = torch.tensor([e["length"] for e in examples])
+    resp_mask = torch.arange(G).unsqueeze(0) < lengths.unsqueeze(1)
+    return {"input_ids": x, "attention_mask": attn, "prompt_len": P, "order": order, "steps": steps,
+            "lengths": lengths, "resp_mask": resp_mask}
+
+
+# --------------------------------------------------------------------------
+# one micro-batch
+# --------------------------------------------------------------------------
+
+def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generator | None = None,
+                 diffusion_model=None) -> dict:
+    """The loss dict of ``cfg.method`` on one collated batch.
+
+    ``model`` is what is called (possibly wrapped by accelerate);
+    ``diffusion_model`` the unwrapped :class:`DiffusionLM` (for the mask id and
+    the adapter switch of T3D's reference pass).
+    """
+    dlm = diffusion_model or model
+    P = batch["prompt_len"]
+    ids = batch["input_ids"]
+    resp = ids[:, P:]
+    method = cfg.method
+    if method in ("sft_gt", "sft_sd"):
+        known, targets, p_mask = sft_view(batch["resp_mask"], generator, cfg.eps)
+    elif method == "tabom":
+        known, targets = tabom_view(batch["order"], batch["steps"], batch["lengths"], cfg.window,
+                                    cfg.window_mode, generator)
+    elif method == "dinfer":
+        known, targets = dinfer_view(batch["order"], batch["steps"], batch["lengths"], generator)
+    elif method == "t3d":
+        known, targets = t3d_view(batch["order"], batch["lengths"], cfg.t3d_ratios,
+                                  cfg.t3d_ratio_power, generator)
+    else:
+        raise ValueError(f"method={method!r} must be one of {list(TRAIN_METHODS)}")
+    device = ids.device
+    known, targets = known.to(device), targets.to(device)
+    hide = batch["resp_mask"].to(device) & ~known
+    x = ids.clone()
+    x[:, P:] = torch.where(hide, torch.full_like(resp, dlm.mask_id), resp)
+    idx, valid = pack(targets)
+    positions = idx + P
+    tgt = resp.gather(1, idx)
+    logits = model(x, batch["attention_mask"], positions=positions)
+
+    if method in ("sft_gt", "sft_sd"):
+        logp, _ = token_stats(logits, tgt)
+        return sft_loss(logp, valid, p_mask.to(device), batch["lengths"].to(device))
+    if method == "dinfer":
+        logp, _ = token_stats(logits, tgt)
+        return dinfer_loss(logp, valid)
+    if method == "tabom":
+        logp, _ = token_stats(logits, tgt)
+        if cfg.entropy_temperature != 1.0:
+            _, ent = token_stats(logits, tgt, cfg.entropy_temperature)
+        else:
+            _, ent = token_stats(logits, tgt)
+        steps = batch["steps"].to(device).gather(1, idx)
+        return tabom_loss(logp, ent, steps, valid, cfg.lam, cfg.margin)
+    # t3d: reference = the base model (adapter switched off), no gradient
+    if dlm.peft_model is None:
+        raise ValueError("t3d needs a LoRA adapter (its frozen reference is the base with the adapter off)")
+    with torch.no_grad(), dlm.peft_model.disable_adapter():
+        ref_logits = dlm(x, batch["attention_mask"], positions=positions).float()
+    ref_logits[..., dlm.mask_id] = float("-inf")
+    fake = ref_logits.argmax(-1)
+    lp_real, _ = token_stats(logits, tgt)
+    lp_fake, _ = token_stats(logits, fake)
+    lp_real_ref, _ = token_stats(ref_logits, tgt)
+    lp_fake_ref, _ = token_stats(ref_logits, fake)
+    rank = batch["order"].to(device).gather(1, idx)
+    return t3d_loss(lp_real, lp_real_ref, lp_fake, lp_fake_ref, valid, rank, cfg.beta, cfg.alpha,
+                    cfg.lambda_path, cfg.path_k)
+
+
+# --------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------
+
+def _micro_generator(seed: int, epoch: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 10_007 + micro) * 64 + rank)
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = [p for p in (out / "checkpoints").glob("step-*") if p.is_dir() and
+             (p / "trainer_state.json").is_file()]
+    return max(ckpts, key=lambda p: int(p.name.split("-")[1])) if ckpts else None
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True,
+          resume: bool = True) -> dict:
+    """Train ``cfg`` (resuming from its newest checkpoint); returns the summary.
+
+    ``stop_after``: stop (after checkpointing) once this many optimizer steps
+    are done in total -- what an interruption looks like, for tests.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from .models import add_lora, load_model, save_adapter
+
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    if (out / "train_summary.json").is_file() and resume:
+        return json.loads((out / "train_summary.json").read_text())
+    cuda = torch.cuda.is_available()
+    mp = "bf16" if (cfg.bf16 and cuda and torch.cuda.is_bf16_supported()) else "no"
+    acc = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mp)
+    set_seed(cfg.seed)
+    dtype = cfg.dtype or ("bfloat16" if mp == "bf16" else "float32")
+    dlm = load_model(cfg.model, dtype=dtype, device=str(acc.device))
+    add_lora(dlm, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+             target_modules=cfg.target_modules)
+    if cfg.gradient_checkpointing:
+        dlm.gradient_checkpointing_enable()
+    examples = build_examples(cfg, dlm)
+    ids = dlm.special_ids
+
+    def collate_fn(batch):
+        return collate(batch, ids.pad, ids.eos)
+
+    n_micro = math.ceil(len(examples) / (acc.num_processes * cfg.per_device_batch))
+    steps_per_epoch = max(1, math.ceil(n_micro / cfg.grad_accum))
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+
+    params = [p for p in dlm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, total_steps)
+    model, opt = acc.prepare(dlm, opt)
+    acc.register_for_checkpointing(sched)
+
+    def save_hook(models, weights, output_dir):
+        if acc.is_main_process:
+            save_adapter(acc.unwrap_model(models[0]), Path(output_dir) / "adapter")
+        weights.clear()
+
+    def load_hook(models, input_dir):
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        m = acc.unwrap_model(models.pop(0))
+        state = load_file(str(Path(input_dir) / "adapter" / "adapter_model.safetensors"))
+        set_peft_model_state_dict(m.peft_model, state)
+
+    acc.register_save_state_pre_hook(save_hook)
+    acc.register_load_state_pre_hook(load_hook)
+
+    state = {"global_step": 0, "epoch": 0, "micro_in_epoch": 0}
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+    ckpt = _latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        acc.load_state(str(ckpt))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if acc.is_main_process and log_path.exists():  # drop log lines past the checkpoint
+            keep = [ln for ln in log_path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln)["step"] <= state["global_step"]]
+            log_path.write_text("".join(k + "\n" for k in keep))
+    elif acc.is_main_process and log_path.exists():
+        log_path.unlink()
+
+    def save_checkpoint():
+        final = out / "checkpoints" / f"step-{state['global_step']}"
+        tmp = out / "checkpoints" / f".tmp-step-{state['global_step']}"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            _atomic_json(tmp / "trainer_state.json", state)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            olds = sorted((p for p in (out / "checkpoints").glob("step-*") if p != final),
+                          key=lambda p: int(p.name.split("-")[1]))
+            for p in olds[:max(0, len(olds) - cfg.save_total_limit + 1)]:
+                shutil.rmtree(p, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def save_epoch_adapter(epoch: int, name: str | None = None):
+        if acc.is_main_process:
+            target = out / (name or f"epoch-{epoch + 1}")
+            tmp = out / f".tmp-{target.name}"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            save_adapter(acc.unwrap_model(model), tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        acc.wait_for_everyone()
+
+    bar = tqdm(total=total_steps, initial=state["global_step"], desc=f"train[{cfg.method}]",
+               disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    model.train()
+    agg: dict[str, list[float]] = {}
+    stopped = False
+    while state["global_step"] < total_steps and not stopped:
+        epoch = state["epoch"]
+        perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        subset = [examples[i] for i in perm.tolist()]
+        dl = acc.prepare(torch.utils.data.DataLoader(subset, batch_size=cfg.per_device_batch,
+                                                     shuffle=False, collate_fn=collate_fn))
+        n_dl = len(dl)
+        start = state["micro_in_epoch"]
+        micro = start
+        for batch in (acc.skip_first_batches(dl, start) if start else dl):
+            gen = _micro_generator(cfg.seed, epoch, micro, acc.process_index)
+            with acc.accumulate(model):
+                terms = compute_loss(model, batch, cfg, gen, diffusion_model=acc.unwrap_model(model))
+                acc.backward(terms["loss"])
+                if acc.sync_gradients and cfg.max_grad_norm:
+                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            micro += 1
+            for k, v in terms.items():
+                if torch.is_tensor(v) and not torch.isnan(v):
+                    agg.setdefault(k, []).append(float(v.detach()))
+            end_of_epoch = micro == n_dl
+            if not (acc.sync_gradients or end_of_epoch):
+                continue
+            sched.step()
+            state["global_step"] += 1
+            state["micro_in_epoch"] = micro
+            rec = {"step": state["global_step"], "epoch": round(epoch + micro / n_dl, 4),
+                   "lr": sched.get_last_lr()[0]}
+            for k, vals in agg.items():
+                local = torch.tensor([sum(vals) / len(vals)], device=acc.device)
+                rec[k] = acc.gather_for_metrics(local).float().mean().item()
+            agg = {}
+            if acc.is_main_process:
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+            bar.update(1)
+            bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "ce", "pair_acc") if k in rec})
+            done = state["global_step"] >= total_steps
+            stop = stop_after is not None and state["global_step"] >= stop_after and not done
+            if end_of_epoch:
+                state["epoch"], state["micro_in_epoch"] = epoch + 1, 0
+                save_epoch_adapter(epoch)
+                save_checkpoint()
+            elif done or stop or state["global_step"] % cfg.save_steps == 0:
+                save_checkpoint()
+            if done or stop:
+                stopped = stop
+                break
+        if state["global_step"] >= total_steps:
+            break
+    bar.close()
+    if stopped:
+        return {"stopped_at": state["global_step"], "total_steps": total_steps}
+    save_epoch_adapter(max(state["epoch"] - 1, 0), "adapter")
+    summary = {"method": cfg.method, "label": METHOD_LABELS[cfg.method], "steps": state["global_step"],
+               "epochs": state["epoch"], "examples": len(examples), "processes": acc.num_processes,
+               "seconds_last_run": round(time.perf_counter() - t0, 2), "config": cfg.to_dict(),
+               "adapter": str(out / "adapter")}
+    if acc.is_main_process:
+        _atomic_json(out / "train_summary.json", summary)
+    acc.wait_for_everyone()
+    return summary
+
+
+def read_log(output_dir: str | Path) -> list[dict]:
+    path = Path(output_dir) / "log.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tabom.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True, help="YAML/JSON training config")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (YAML value), e.g. --set lr=1e-4")
+    ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    over = {}
+    for item in args.set:
+        k, sep, v = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        over[k] = _parse_value(v)
+    cfg = TrainConfig.from_file(args.config, **over)
+    summary = train(cfg, progress=not args.no_progress, resume=not args.no_resume)
+    print(f"[train] {summary.get('label', cfg.method)}: {summary.get('steps')} steps -> {summary.get('adapter')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
