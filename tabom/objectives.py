@@ -195,26 +195,30 @@ def ranking_pairs(steps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (steps.unsqueeze(-1) < steps.unsqueeze(-2)) & v
 
 
+PAIR_TIE_TOL = 1e-2  # nats: entropy gaps below this count as ties in the pair accuracy
+
+
 def ranking_loss(entropy: torch.Tensor, steps: torch.Tensor, valid: torch.Tensor,
-                 margin: float) -> dict:
+                 margin: float, tie_tol: float = PAIR_TIE_TOL) -> dict:
     """Pairwise hinge max(0, m + H_i - H_j) over strict pairs (i before j).
 
     Returns the loss (per-row pair mean, averaged over rows with pairs), the
-    pair accuracy (fraction of pairs with H_i < H_j) and the pair count.
+    pair accuracy and the pair count. Pair accuracy = fraction of pairs with
+    H_i < H_j among the pairs whose entropies differ by at least ``tie_tol``
+    (two near-deterministic tokens, both at ~1e-4 nats, are a numerical tie
+    and count neither way; NaN when no pair is decided).
     """
     pairs = ranking_pairs(steps, valid)
     diff = entropy.unsqueeze(-1) - entropy.unsqueeze(-2)  # H_i - H_j
     hinge = F.relu(margin + diff) * pairs
     n_row = pairs.sum((-1, -2))
     has = n_row > 0
-    if bool(has.any()):
-        per_row = hinge.sum((-1, -2)) / n_row.clamp(min=1)
-        loss = per_row[has].mean()
-        acc = ((diff < 0) & pairs).sum().float() / pairs.sum()
-    else:
-        loss = entropy.sum() * 0.0
-        acc = torch.tensor(float("nan"))
-    return {"loss": loss, "pair_acc": acc.detach(), "pairs": int(pairs.sum())}
+    loss = (hinge.sum((-1, -2)) / n_row.clamp(min=1))[has].mean() if bool(has.any()) else entropy.sum() * 0.0
+    with torch.no_grad():
+        decided = pairs & (diff.abs() >= tie_tol)
+        n_dec = decided.sum()
+        acc = ((diff < 0) & decided).sum().float() / n_dec if int(n_dec) else torch.tensor(float("nan"))
+    return {"loss": loss, "pair_acc": acc, "pairs": int(pairs.sum())}
 
 
 def tabom_loss(logp: torch.Tensor, entropy: torch.Tensor, steps: torch.Tensor,

@@ -106,7 +106,8 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        cfg = cls(**data)
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        cfg = cls(**{k: _coerce(k, types[k], v, str(path)) for k, v in data.items()})
         cfg.validate(str(path))
         return cfg
 
@@ -137,6 +138,39 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _coerce(key: str, type_str: str, value, where: str):
+    """YAML reads ``2e-5`` as a string: cast scalars to the field's type."""
+    if value is None:
+        if "None" in type_str:
+            return None
+        raise ValueError(f"{where}: {key} must not be null")
+    base = type_str.split("|")[0].strip()
+    try:
+        if base == "float" and not isinstance(value, bool):
+            return float(value)
+        if base == "int" and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base == "list":
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return list(value)
+        if base == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: {key}={value!r} must be of type {type_str}") from None
+    return value
 
 
 def _read_config(path: Path, seen=()) -> dict:
