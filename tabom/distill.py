@@ -34,6 +34,14 @@ from pathlib import Path
 from .trajectories import FIELDS, model_revision, write_parquet
 
 
+def _state():
+    """accelerate's process state (CPU processes too: ``ACCELERATE_USE_CPU``)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def _done_ids(shard_dir: Path) -> set[str]:
     import pyarrow.parquet as pq
 
@@ -60,7 +68,6 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
     ``decoder``: a :class:`tabom.decoding.DecodeConfig` (default: the family's
     default decoder at gen_length 256). Returns the summary dict.
     """
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from .decoding import DecodeConfig, encode_prompts, generate
@@ -77,7 +84,7 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
         raise ValueError("decoder early_exit=True leaves tokens undecided; the step map must cover "
                          "every token, so distil with early_exit=False")
     cfg.validate()
-    state = PartialState()
+    state = _state()
     out = Path(out_dir)
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
@@ -184,9 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    from accelerate import PartialState
-
-    device = args.device or str(PartialState().device)
+    device = args.device or str(_state().device)
     model = load_model(args.model, dtype=args.dtype, device=device)
     over = {}
     for item in args.set:
@@ -198,7 +203,7 @@ def main(argv=None) -> int:
     queries = [q for name, n in args.source for q in load_queries(name, n, seed=args.seed)]
     summary = distill(model, queries, args.out, cfg, batch_size=args.batch_size,
                       progress=not args.no_progress, model_name=args.model, seed=args.seed)
-    if PartialState().is_main_process:
+    if _state().is_main_process:
         print(f"[distill] valid {summary['valid']}/{summary['total']} "
               f"({100 * summary['valid_rate']:.1f}%) -> {Path(args.out) / 'trajectories.parquet'}")
     return 0

@@ -222,11 +222,12 @@ def ranking_loss(entropy: torch.Tensor, steps: torch.Tensor, valid: torch.Tensor
 
 
 def tabom_loss(logp: torch.Tensor, entropy: torch.Tensor, steps: torch.Tensor,
-               valid: torch.Tensor, lam: float = 1.0, margin: float = 0.2) -> dict:
+               valid: torch.Tensor, lam: float = 1.0, margin: float = 0.2,
+               tie_tol: float = PAIR_TIE_TOL) -> dict:
     """L = L_recon + lambda * L_rank on one local window per row."""
     nll = -logp * valid
     recon = (nll.sum(-1) / valid.sum(-1).clamp(min=1))[valid.any(-1)].mean()
-    rank = ranking_loss(entropy, steps, valid, margin)
+    rank = ranking_loss(entropy, steps, valid, margin, tie_tol)
     loss = recon + lam * rank["loss"] if lam else recon
     return {"loss": loss, "recon": recon.detach(), "rank": rank["loss"].detach(),
             "ce": _masked_mean(-logp, valid).detach(), "pair_acc": rank["pair_acc"],

@@ -86,6 +86,7 @@ class TrainConfig:
     lam: float = 1.0  # tabom: ranking weight lambda (0 = reconstruction only)
     margin: float = 0.2  # tabom: hinge margin m
     entropy_temperature: float = 1.0  # temperature of the entropies that are ranked
+    pair_tie_tol: float = 1e-2  # logged pair accuracy: entropy gaps below this (nats) are ties
     beta: float = 0.1  # t3d
     alpha: float = 0.5  # t3d
     lambda_path: float = 0.2  # t3d
@@ -311,7 +312,7 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generato
         else:
             _, ent = token_stats(logits, tgt)
         steps = batch["steps"].to(device).gather(1, idx)
-        return tabom_loss(logp, ent, steps, valid, cfg.lam, cfg.margin)
+        return tabom_loss(logp, ent, steps, valid, cfg.lam, cfg.margin, cfg.pair_tie_tol)
     # t3d: reference = the base model (adapter switched off), no gradient
     if dlm.peft_model is None:
         raise ValueError("t3d needs a LoRA adapter (its frozen reference is the base with the adapter off)")
@@ -551,7 +552,8 @@ def main(argv=None) -> int:
         over[k] = _parse_value(v)
     cfg = TrainConfig.from_file(args.config, **over)
     summary = train(cfg, progress=not args.no_progress, resume=not args.no_resume)
-    print(f"[train] {summary.get('label', cfg.method)}: {summary.get('steps')} steps -> {summary.get('adapter')}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[train] {summary.get('label', cfg.method)}: {summary.get('steps')} steps -> {summary.get('adapter')}")
     return 0
 
 

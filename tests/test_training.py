@@ -1,0 +1,361 @@
+"""Self-distillation, trajectory validation, the LoRA trainer and TDS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import REPO
+
+from tabom.trajectories import TrajectoryError, load_trajectories, validate_records, write_parquet
+
+MINI = REPO / "models" / "tiny-llada-mini"
+BIN = Path(sys.executable).parent
+
+
+def _records(path) -> list[dict]:
+    return pq.read_table(Path(path) / "trajectories.parquet").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def mini_model():
+    from tabom.models import load_model
+
+    return load_model(MINI)
+
+
+@pytest.fixture(scope="module")
+def mini_queries():
+    from tabom.queries import load_queries
+
+    return load_queries("mini_math", 16) + load_queries("mini_code", 16)
+
+
+@pytest.fixture(scope="module")
+def mini_traj(tmp_path_factory, mini_model, mini_queries):
+    """Trajectories of the shipped mini base (gen 48, its default decoder)."""
+    from tabom.decoding import DecodeConfig
+    from tabom.distill import distill
+
+    out = tmp_path_factory.mktemp("distill")
+    distill(mini_model, mini_queries, out, DecodeConfig.for_family(mini_model.family, gen_length=48),
+            batch_size=16, progress=False)
+    return out
+
+
+def _cfg(tmp_path, traj, method, **over):
+    from tabom.train import TrainConfig
+
+    base = dict(method=method, model=str(MINI), trajectories=str(traj), output_dir=str(tmp_path / method),
+                lr=2e-3, warmup_steps=5, epochs=1, per_device_batch=4, lora_r=8, lora_alpha=16,
+                window=16, save_steps=1000, bf16=False)
+    base.update(over)
+    return TrainConfig(**base)
+
+
+# ------------------------------------------------------------- distillation
+def test_distill_records_verified_trajectories(mini_traj, mini_queries):
+    summary = json.loads((mini_traj / "summary.json").read_text())
+    assert summary["total"] == len(mini_queries)
+    rows = _records(mini_traj)
+    assert 0 < len(rows) == summary["valid"] < len(mini_queries)
+    assert all(r["correct"] for r in rows)
+    validate_records(rows)
+    r = rows[0]
+    assert len(r["response_ids"]) == len(r["step_map"]) == len(r["entropy"]) == 48
+    assert sorted(r["step_map"]) == list(range(48))  # LLaDA default: one token per step
+    assert json.loads(r["decoder"])["order"] == "confidence"
+    assert r["model_revision"].startswith("sha256:")
+    # the verifier that kept it is the task's scoring
+    from tabom.queries import verify
+
+    q = next(q for q in mini_queries if q["id"] == r["id"])
+    assert verify([q], [r["response"]]) == [True]
+
+
+def test_distill_resumes_without_duplicates(tmp_path, mini_model, mini_queries, mini_traj, monkeypatch):
+    from tabom import distill as distill_mod
+    from tabom.decoding import DecodeConfig
+
+    cfg = DecodeConfig.for_family(mini_model.family, gen_length=48)
+    calls = {"n": 0}
+    real = distill_mod.write_parquet
+
+    def crash_after_two(rows, path):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed while decoding the third batch
+        return real(rows, path)
+
+    monkeypatch.setattr(distill_mod, "write_parquet", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        distill_mod.distill(mini_model, mini_queries, tmp_path, cfg, batch_size=8, progress=False)
+    shards = sorted((tmp_path / "shards").glob("part-*.parquet"))
+    assert len(shards) == 2 and not list((tmp_path / "shards").glob("*.tmp"))
+    mtimes = {p: p.stat().st_mtime_ns for p in shards}
+    monkeypatch.setattr(distill_mod, "write_parquet", real)
+    summary = distill_mod.distill(mini_model, mini_queries, tmp_path, cfg, batch_size=8, progress=False)
+    assert summary["decoded_this_run"] == len(mini_queries) - 16  # only the unfinished ones
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # finished work untouched
+    ids = [i for f in (tmp_path / "shards").glob("part-*.parquet")
+           for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+    assert sorted(ids) == sorted(q["id"] for q in mini_queries)  # each exactly once
+    # same records as the uninterrupted run (batch 16): LLaDA's default decoder is greedy
+    strip = lambda rows: [{k: r[k] for k in ("id", "response_ids", "step_map")} for r in rows]  # noqa: E731
+    assert strip(_records(tmp_path)) == strip(_records(mini_traj))
+
+
+def test_distill_refuses_early_exit_and_duplicate_ids(tmp_path, mini_model, mini_queries):
+    from tabom.decoding import DecodeConfig
+    from tabom.distill import distill
+
+    cfg = DecodeConfig.for_family(mini_model.family, gen_length=48)
+    with pytest.raises(ValueError, match="early_exit"):
+        distill(mini_model, mini_queries[:2], tmp_path, cfg.replace(early_exit=True), progress=False)
+    with pytest.raises(ValueError, match="appears more than once"):
+        distill(mini_model, mini_queries[:2] * 2, tmp_path, cfg, progress=False)
+
+
+# ----------------------------------------------------------- bad trajectories
+def _good():
+    return {"id": "q:0", "prompt_ids": [1, 2], "response_ids": [5, 6, 7], "step_map": [0, 2, 1],
+            "entropy": [0.1, 0.2, 0.3], "correct": True}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r.pop("step_map"), r"record 1 \(id='q:0'\) lacks the field\(s\) \['step_map'\]"),
+    (lambda r: r.update(step_map=[0, 1]), "step_map has 2 entries but response_ids has 3"),
+    (lambda r: r.update(entropy=[0.1]), "entropy has 1 entries but response_ids has 3"),
+    (lambda r: r.update(step_map=[0, -1, 1]), r"step_map does not cover every token: positions \[1\]"),
+    (lambda r: r.update(response_ids=[]), "response_ids is empty"),
+])
+def test_inconsistent_trajectory_is_refused_with_record_index(tmp_path, change, message):
+    bad = _good()
+    change(bad)
+    rows = [dict(_good(), id="q:x"), bad]
+    with pytest.raises(TrajectoryError, match=message):
+        validate_records(rows, where="t.parquet")
+    if "step_map" in bad:  # the same through the file loader
+        write_parquet(rows, tmp_path / "trajectories.parquet")
+        with pytest.raises(TrajectoryError, match=r"trajectories.parquet: record 1"):
+            load_trajectories(tmp_path)
+
+
+def test_missing_column_and_duplicate_ids_are_refused(tmp_path):
+    rows = [_good(), dict(_good(), id="q:1")]
+    for r in rows:
+        r.pop("entropy")
+    write_parquet(rows, tmp_path / "trajectories.parquet")
+    with pytest.raises(TrajectoryError, match=r"lacks the column\(s\) \['entropy'\]"):
+        load_trajectories(tmp_path)
+    with pytest.raises(TrajectoryError, match="record 1 repeats id 'q:0'"):
+        validate_records([_good(), _good()])
+
+
+# --------------------------------------------------------------- configs
+def test_config_files_inherit_coerce_and_reject(tmp_path):
+    from tabom.train import TrainConfig
+
+    (tmp_path / "base.yaml").write_text("model: m\ntrajectories: t\nlr: 2e-5\nepochs: 3\n")
+    (tmp_path / "run.yaml").write_text("inherit: base.yaml\nmethod: dinfer\noutput_dir: o\nepochs: 1\n")
+    cfg = TrainConfig.from_file(tmp_path / "run.yaml", window=8)
+    assert (cfg.method, cfg.lr, cfg.epochs, cfg.window) == ("dinfer", 2e-5, 1, 8)
+    (tmp_path / "bad.yaml").write_text("inherit: base.yaml\nmethod: tabom\noutput_dir: o\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown config key\(s\) \['learning_rate'\]"):
+        TrainConfig.from_file(tmp_path / "bad.yaml")
+    (tmp_path / "bad2.yaml").write_text("inherit: base.yaml\nmethod: sft\noutput_dir: o\n")
+    with pytest.raises(ValueError, match="method='sft' must be one of"):
+        TrainConfig.from_file(tmp_path / "bad2.yaml")
+    (tmp_path / "bad3.yaml").write_text("inherit: base.yaml\nmethod: tabom\noutput_dir: o\nwindow: many\n")
+    with pytest.raises(ValueError, match="window='many' must be of type int"):
+        TrainConfig.from_file(tmp_path / "bad3.yaml")
+
+
+def test_shipped_configs_parse():
+    from tabom.train import TrainConfig
+
+    files = [f for m in ("mini", "dream", "llada") for f in sorted((REPO / "configs" / m).glob("*_*.yaml"))]
+    assert len(files) >= 30
+    for f in files:
+        cfg = TrainConfig.from_file(f)
+        assert f.stem.startswith(cfg.method) and f.stem.endswith(cfg.domain)
+
+
+def test_window_larger_than_every_trajectory_and_bad_targets(tmp_path, mini_traj):
+    from tabom.train import train
+
+    with pytest.raises(ValueError, match=r"window=64 is larger than every trajectory .*longest response: 48"):
+        train(_cfg(tmp_path, mini_traj, "tabom", window=64), progress=False)
+    with pytest.raises(ValueError, match=r"target_modules=\['qkv'\] match no module"):
+        train(_cfg(tmp_path, mini_traj, "tabom", target_modules=["qkv"]), progress=False)
+
+
+# ---------------------------------------------------------------- training
+def _log(out) -> list[dict]:
+    from tabom.train import read_log
+
+    return read_log(out)
+
+
+@pytest.mark.parametrize("method", ["sft_gt", "sft_sd", "dinfer", "t3d", "tabom"])
+def test_each_method_lowers_its_loss(tmp_path, mini_traj, method):
+    from tabom.train import train
+
+    cfg = _cfg(tmp_path, mini_traj, method, max_steps=200, lr=3e-3, warmup_steps=10)
+    summary = train(cfg, progress=False)
+    log = _log(cfg.output_dir)
+    assert len(log) == 200 and summary["steps"] == 200
+    first = sum(r["loss"] for r in log[:40]) / 40
+    last = sum(r["loss"] for r in log[-40:]) / 40
+    assert last < first, (method, first, last)
+    assert {"loss", "ce", "lr"} <= set(log[-1])
+    if method == "tabom":
+        assert {"recon", "rank", "pair_acc"} <= set(log[-1])
+    if method == "t3d":
+        assert {"ddo", "path"} <= set(log[-1])
+    out = Path(cfg.output_dir)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "epoch-1" / "adapter_model.safetensors").is_file() or summary["epochs"] == 0
+
+
+@pytest.fixture(scope="module")
+def random_traj(tmp_path_factory, tiny_checkpoints):
+    """Trajectories of a random tiny LLaDA model (entropies close together)."""
+    from tabom.decoding import encode_prompts, generate
+    from tabom.models import load_model
+
+    model = load_model(tiny_checkpoints["llada"])
+    prompts = [f"question {i}: {'abc' * (i % 4)}" for i in range(24)]
+    ids = encode_prompts(model, prompts)
+    res = generate(model, ids, gen_length=16, trajectory=True)
+    rows = [{"id": f"r:{i}", "source": "rand", "domain": "math", "prompt": p, "prompt_ids": ids[i],
+             "response_ids": res.sequences[i].tolist(), "step_map": res.step_map[i].tolist(),
+             "entropy": res.entropy[i].tolist(), "answer": "x", "correct": True}
+            for i, p in enumerate(prompts)]
+    out = tmp_path_factory.mktemp("random-traj")
+    write_parquet(rows, out / "trajectories.parquet")
+    return out, tiny_checkpoints["llada"]
+
+
+def _pair_accuracy(cfg, adapter=None) -> float:
+    """Pair accuracy and rank loss on fixed segments of every trajectory."""
+    from tabom.models import load_adapter, load_model
+    from tabom.train import build_examples, collate, compute_loss
+
+    model = load_model(cfg.model)
+    if adapter:
+        load_adapter(model, adapter)
+    ex = build_examples(cfg, model)
+    g = torch.Generator().manual_seed(1234)
+    accs = []
+    with torch.no_grad():
+        for _ in range(4):
+            for i in range(0, len(ex), 8):
+                b = collate(ex[i:i + 8], model.special_ids.pad, model.special_ids.eos)
+                accs.append(float(compute_loss(model, b, cfg, g)["pair_acc"]))
+    return sum(accs) / len(accs)
+
+
+def test_tabom_raises_pair_accuracy(tmp_path, random_traj):
+    """The ranking term orders entropies along the trajectory: with it, pair
+    accuracy ends higher than with reconstruction alone (lambda = 0, same data
+    and seeds), and with a strong weight it rises above the base model's."""
+    from tabom.train import train
+
+    traj, ckpt = random_traj
+    acc = {}
+    for lam in (0.0, 1.0, 5.0):
+        # a random model's entropies differ by less than the logged tie tolerance: count strictly
+        cfg = _cfg(tmp_path / f"lam{lam}", traj, "tabom", model=str(ckpt), window=8, max_steps=150,
+                   lr=1e-2, lam=lam, margin=0.2, pair_tie_tol=0.0)
+        acc["base"] = _pair_accuracy(cfg)
+        train(cfg, progress=False)
+        acc[lam] = _pair_accuracy(cfg, Path(cfg.output_dir) / "adapter")
+        if lam:
+            log = _log(cfg.output_dir)
+            assert sum(r["rank"] for r in log[-20:]) < sum(r["rank"] for r in log[:20])
+    assert acc[1.0] > acc[0.0] + 0.02, acc
+    assert acc[5.0] > acc["base"] + 0.03, acc
+
+
+def test_stop_and_resume_gives_the_same_adapter(tmp_path, mini_traj):
+    from safetensors.torch import load_file
+
+    from tabom.train import train
+
+    kw = dict(max_steps=9, save_steps=4, grad_accum=2, per_device_batch=2)
+    full = _cfg(tmp_path / "a", mini_traj, "tabom", **kw)
+    train(full, progress=False)
+    part = _cfg(tmp_path / "b", mini_traj, "tabom", **kw)
+    stopped = train(part, stop_after=6, progress=False)
+    assert stopped == {"stopped_at": 6, "total_steps": 9}
+    assert not (Path(part.output_dir) / "adapter").exists()
+    train(part, progress=False)  # resumes from checkpoints/step-6
+    a = load_file(str(Path(full.output_dir) / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(Path(part.output_dir) / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert [r["loss"] for r in _log(full.output_dir)] == [r["loss"] for r in _log(part.output_dir)]
+    ckpts = sorted(p.name for p in (Path(part.output_dir) / "checkpoints").iterdir())
+    assert ckpts == ["step-8", "step-9"]  # save_total_limit = 2
+
+
+def test_train_cli_and_two_processes(tmp_path, mini_traj):
+    """python -m tabom.train, and the same config under accelerate launch (2 CPU processes)."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"method: dinfer\nmodel: {MINI}\ntrajectories: {mini_traj}\noutput_dir: {tmp_path / 'o1'}\n"
+                   "max_steps: 3\nper_device_batch: 2\nbf16: false\nwarmup_steps: 1\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "tabom.train", "--config", str(cfg), "--no-progress"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "[train] dInfer: 3 steps" in out.stdout
+    out = subprocess.run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "tabom.train", "--config", str(cfg), "--no-progress",
+                          "--set", f"output_dir={tmp_path / 'o2'}"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "o2" / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 3
+
+
+# --------------------------------------------------------------------- TDS
+def test_tds_is_the_entropy_variance_over_masked_positions(mini_model):
+    from tabom.objectives import token_stats
+    from tabom.tds import tds, trajectory_variances
+
+    eot = mini_model.special_ids.eot
+    resp = [65, 66, eot, 67, 68]  # first end token at position 2: positions 3, 4 excluded
+    rec = {"prompt_ids": [1, 70, 71], "response_ids": resp, "step_map": [1, 0, 3, 2, 4]}
+    got = trajectory_variances(mini_model, rec)
+    assert len(got) == 5
+    # step 0: positions 0, 1, 2 masked (3, 4 are after the first EOS)
+    x = torch.tensor([[1, 70, 71] + [mini_model.mask_id] * 5])
+    with torch.no_grad():
+        logits = mini_model(x, positions=torch.tensor([[3, 4, 5]]))
+    _, ent = token_stats(logits, torch.zeros(1, 3, dtype=torch.long))
+    assert got[0] == pytest.approx(float(ent[0].double().var(unbiased=False)), rel=1e-5)
+    # step 1: position 1 unmasked, positions 0, 2 still masked; step 2 and later: < 2 positions
+    assert got[1] is not None and got[2] is None and got[4] is None
+    res = tds(mini_model, [rec, rec])
+    assert res["tds"] == pytest.approx((got[0] + got[1]) / 2, rel=1e-6)
+    assert res["per_step"][:2] == pytest.approx(got[:2]) and res["n_trajectories"] == 2
+
+
+def test_ce_of_ground_truth_vs_self_distilled(mini_model, mini_traj):
+    from tabom.tds import ce_vs_mask_ratio
+
+    rows = _records(mini_traj)[:6]
+    res = ce_vs_mask_ratio(mini_model, rows, ratios=(0.2, 0.8))
+    assert res["mask_ratios"] == [0.2, 0.8] and len(res["sd"]) == len(res["gt"]) == 2
+    # the mini world's ground truth is written in a style the base never saw
+    assert all(g > s + 1.0 for g, s in zip(res["gt"], res["sd"]))
