@@ -1,26 +1,39 @@
 #!/usr/bin/env python
-"""Run the TABOM pipeline from a base model to leaderboards.
+"""Run the TABOM paper's pipeline: base model -> leaderboards.
 
-    python scripts/train_then_eval.py [--run-dir DIR] [--only STAGE] [--force STAGE]
+    python scripts/train_then_eval.py [--config FILE] [--run-dir DIR] [--only STAGE] [--force STAGE]
 
-Stages (each writes into the run folder and is skipped when its output is
-already complete):
+With no arguments it runs the mini world (configs/pipeline/mini.yaml) from
+the shipped tiny base on CPU. Paper runs: configs/pipeline/{dream,llada}_{math,code}.yaml.
 
-  base     the base checkpoint (default: the shipped mini-world tiny LLaDA
-           model, models/tiny-llada-mini; --base to use another)
-  eval     No-SFT evaluation of the base on mini_math and mini_code through
-           lm-eval's own API with the tabom_dlm model (the numbers lm_eval prints)
-  decode   decode sample prompts with the family's default decoder and record
-           trajectories (tokens, step map, entropies, NFE) as JSONL
-  distill, train, tds, leaderboards
-           not built yet: printed as such (tracked in the project's issues)
+Stages (each writes into the run folder and is skipped when its outputs are
+complete; killing the run at any point and rerunning finishes the work
+without redoing finished stages):
+
+  base         check the base checkpoint, record it (base.json)
+  eval         No-SFT evaluation of the base (lm-eval, model tabom_dlm)
+  distill      self-distilled trajectories of every domain's training queries,
+               plus held-out trajectories for TDS (tabom.distill)
+  train        every method x domain, the ablation / grid / window runs
+               (tabom.train, LoRA)
+  eval_trained every trained adapter on in-domain and OOD tasks, and the
+               parallel-decoding (k tokens per step) runs
+  tds          TDS of Base / SFT-SD / TABOM on held-out trajectories (Figure 2)
+               and the base's CE on SD vs GT answers (Figure 3)
+  leaderboards manifest.json + result snapshot -> leaderboards/<name>.md and PNGs
+
+Evaluation goes through ``lm_eval.simple_evaluate(model="tabom_dlm", ...)``,
+so its numbers are the ones ``lm_eval`` prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,111 +41,510 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SHIPPED_BASE = REPO / "models" / "tiny-llada-mini"
-MINI_TASKS = ["mini_math", "mini_code"]
-PENDING = {
-    "distill": "self-distilled trajectories",
-    "train": "SFT-GT, SFT-SD, dInfer, T3D and TABOM training",
-    "tds": "trajectory discrimination score",
-    "leaderboards": "generated markdown leaderboards",
-}
-PROMPTS = [
-    "Ann has 3 pens. Ann gets 4 more. How many pens does Ann have?",
-    "Write a function calc(x) that returns x plus 3.\nTest: assert calc(1) == 4",
-    "Each box has 6 eggs. Sam buys 3 boxes and gives away 5. How many eggs does Sam have?",
-    "Write a function f(xs) that returns the sum of xs.\nTest: assert f([1, 2]) == 3",
-]
+DEFAULT_CONFIG = REPO / "configs" / "pipeline" / "mini.yaml"
+STAGES = ("base", "eval", "distill", "train", "eval_trained", "tds", "leaderboards")
+LABELS = {"sft_gt": "SFT-GT", "sft_sd": "SFT-SD", "dinfer": "dInfer", "t3d": "T3D", "tabom": "TABOM"}
 
 
+# ----------------------------------------------------------------- helpers
 def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def stage_base(run: Path, base_arg: str | None, force: bool) -> Path:
+def atomic_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
+
+
+def say(stage: str, msg: str) -> None:
+    print(f"[{stage}] {msg}", flush=True)
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else (REPO / p)
+
+
+def load_pipeline_config(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise SystemExit(f"--config {path}: file not found")
+    cfg = yaml.safe_load(path.read_text())
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"--config {path}: must be a YAML mapping")
+    parent = cfg.pop("inherit", None)
+    if parent:
+        base = load_pipeline_config(path.parent / parent)
+        _deep_update(base, cfg)
+        cfg = base
+    for key in ("name", "base", "domains", "distill", "train", "eval"):
+        if key not in cfg:
+            raise SystemExit(f"--config {path}: missing required key {key!r}")
+    for dom, spec in cfg["domains"].items():
+        for need in ("sources", "tasks"):
+            if not spec.get(need):
+                raise SystemExit(f"--config {path}: domains.{dom}.{need} must be a non-empty list")
+    bad = set(cfg["train"].get("methods", [])) - set(LABELS)
+    if bad:
+        raise SystemExit(f"--config {path}: train.methods {sorted(bad)} unknown; choose from {list(LABELS)}")
+    return cfg
+
+
+def _deep_update(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+# --------------------------------------------------------------- the plan
+def plan(cfg: dict, run: Path) -> dict:
+    """Every training run and every evaluation of the config."""
+    domains = list(cfg["domains"])
+    all_tasks = [t for d in domains for t in cfg["domains"][d]["tasks"]] + list(cfg["eval"].get("ood_extra", []))
+    methods = cfg["train"].get("methods", list(LABELS))
+    trains, evals = [], []
+
+    def add_train(tid, method, domain, over=None):
+        trains.append({"id": tid, "method": method, "domain": domain, "overrides": over or {},
+                       "out": run / "train" / tid})
+
+    evals.append({"id": "no_sft", "method": "No-SFT", "domain": None, "kind": "main", "adapter": None,
+                  "tasks": all_tasks, "decoder": {}, "params": {}})
+    for d in domains:
+        for m in methods:
+            add_train(f"{m}_{d}", m, d)
+            evals.append({"id": f"{m}_{d}", "method": LABELS[m], "domain": d, "kind": "main",
+                          "adapter": f"{m}_{d}", "tasks": all_tasks, "decoder": {}, "params": {}})
+    par = cfg.get("parallel") or {}
+    if par:
+        k = int(par.get("tokens_per_step", 2))
+        dom_tasks = [t for d in domains for t in cfg["domains"][d]["tasks"]]
+        evals.append({"id": f"no_sft_k{k}", "method": "No-SFT", "domain": None, "kind": "parallel",
+                      "adapter": None, "tasks": dom_tasks, "decoder": {"tokens_per_step": k},
+                      "params": {"tokens_per_step": k}})
+        for d in par.get("domains", domains):
+            for m in par.get("methods", methods):
+                evals.append({"id": f"{m}_{d}_k{k}", "method": LABELS[m], "domain": d, "kind": "parallel",
+                              "adapter": f"{m}_{d}", "tasks": dom_tasks, "decoder": {"tokens_per_step": k},
+                              "params": {"tokens_per_step": k}})
+    main_tabom = _train_defaults(cfg, "tabom", domains[0])
+    abl = cfg.get("ablation") or {}
+    if abl:
+        d = abl.get("domain", domains[0])
+        for mode in ("global", "local"):
+            for lam in (0.0, float(main_tabom.get("lam", 1.0))):
+                tid = f"abl_{mode}_{'rank' if lam else 'recon'}_{d}"
+                if mode == "local" and lam:
+                    tid = f"tabom_{d}"  # the main TABOM run
+                else:
+                    add_train(tid, "tabom", d, {"window_mode": mode, "lam": lam})
+                evals.append({"id": f"abl_{mode}_{'rank' if lam else 'recon'}_{d}", "method": "TABOM",
+                              "domain": d, "kind": "ablation", "adapter": tid, "tasks": all_tasks,
+                              "decoder": {}, "params": {"window_mode": mode, "lambda": lam}})
+    grid = cfg.get("grid") or {}
+    if grid:
+        d = grid.get("domain", domains[0])
+        base_lm = (float(main_tabom.get("lam", 1.0)), float(main_tabom.get("margin", 0.2)))
+        for lam in grid.get("lam", [1.0, 2.0]):
+            for mg in grid.get("margin", [0.1, 0.2, 0.3]):
+                tid = f"tabom_{d}" if (float(lam), float(mg)) == base_lm else f"grid_l{lam}_m{mg}_{d}"
+                if tid != f"tabom_{d}":
+                    add_train(tid, "tabom", d, {"lam": float(lam), "margin": float(mg)})
+                evals.append({"id": f"grid_l{lam}_m{mg}_{d}", "method": "TABOM", "domain": d, "kind": "grid",
+                              "adapter": tid, "tasks": cfg["domains"][d]["tasks"], "decoder": {},
+                              "params": {"lambda": float(lam), "margin": float(mg)}})
+    win = cfg.get("window_sweep") or {}
+    if win:
+        d = win.get("domain", domains[0])
+        for w in win.get("windows", []):
+            tid = f"tabom_{d}" if int(w) == int(main_tabom.get("window", 32)) else f"win_{w}_{d}"
+            if tid != f"tabom_{d}":
+                add_train(tid, "tabom", d, {"window": int(w)})
+            evals.append({"id": f"win_{w}_{d}", "method": "TABOM", "domain": d, "kind": "window",
+                          "adapter": tid, "tasks": cfg["domains"][d]["tasks"], "decoder": {},
+                          "params": {"window": int(w)}})
+    # evaluations that share a model, decoder and tasks share one lm-eval run
+    seen = {}
+    for e in evals:
+        key = (e["adapter"], json.dumps(e["decoder"], sort_keys=True), tuple(e["tasks"]))
+        e["results"] = seen.setdefault(key, run / "eval" / e["id"] / "results.json")
+    return {"trains": trains, "evals": evals, "all_tasks": all_tasks}
+
+
+def _train_defaults(cfg: dict, method: str, domain: str) -> dict:
+    from tabom.train import _read_config
+
+    data = _read_config(_resolve(cfg["train"]["config_dir"]) / f"{method}_{domain}.yaml")
+    data.update(cfg["train"].get("overrides") or {})
+    return data
+
+
+# ----------------------------------------------------------------- stages
+def stage_base(cfg: dict, run: Path):
+    """The base checkpoint: a local folder (checked and loaded once) or a Hub id."""
     from tabom.models import load_model
+    from tabom.trajectories import model_revision
 
-    base = Path(base_arg) if base_arg else SHIPPED_BASE
-    if not (base / "config.json").exists():
-        raise SystemExit(f"[base] {base}/config.json not found: pass --base <checkpoint folder>, or "
+    base = str(cfg["base"])
+    local = _resolve(base)
+    if not local.exists():
+        atomic_json(run / "base.json", {"base": base, "revision": "hub", "family": cfg.get("family", "?")})
+        say("base", f"{base} (Hugging Face Hub id)")
+        return base
+    if not (local / "config.json").is_file():
+        raise SystemExit(f"[base] {local}/config.json not found: point `base:` at a checkpoint folder, or "
                          "rebuild the mini-world base with python scripts/pretrain_tiny.py")
-    model = load_model(base)
+    model = load_model(local, dtype=cfg.get("dtype"))
     n = sum(p.numel() for p in model.parameters())
-    record = run / "base.json"
-    atomic_write_text(record, json.dumps({"base": str(base.resolve()), "family": model.family.name,
-                                          "params": n}, indent=1))
-    print(f"[base] {base} ({model.family.name}, {n / 1e6:.2f}M parameters)")
-    return base
+    atomic_json(run / "base.json", {"base": str(local), "revision": model_revision(local),
+                                    "family": model.family.name, "params": n})
+    say("base", f"{local} ({model.family.name}, {n / 1e6:.2f}M parameters)")
+    return local
 
 
-def stage_eval(run: Path, base: Path, force: bool, limit: int | None) -> None:
+def _model_args(cfg: dict, base, adapter: Path | None, decoder: dict) -> str:
+    parts = [f"pretrained={base}"]
+    if adapter is not None:
+        parts.append(f"peft={adapter}")
+    if cfg.get("dtype"):
+        parts.append(f"dtype={cfg['dtype']}")
+    extra = cfg["eval"].get("model_args", "")
+    if extra:
+        parts.append(extra)
+    parts += [f"{k}={v}" for k, v in decoder.items()]
+    return ",".join(parts)
+
+
+def run_eval(cfg: dict, base, e: dict, run: Path, force: bool, stage: str) -> bool:
+    """One lm-eval run; returns True when it ran (False: skipped)."""
+    out = e["results"]
+    if out.exists() and not force:
+        return False
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
-    out = run / "eval" / "no_sft" / "results.json"
-    if out.exists() and not force:
-        print(f"[eval] skipped: {out} exists")
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
+    adapter = None
+    if e["adapter"]:
+        adapter = run / "train" / e["adapter"] / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise SystemExit(f"[{stage}] {e['id']}: adapter {adapter} is missing; run the train stage first")
     t0 = time.perf_counter()
     tm = TaskManager(include_path=str(REPO / "tasks"), include_defaults=False)
-    res = lm_eval.simple_evaluate(model="tabom_dlm", model_args=f"pretrained={base},batch_size=32",
-                                  tasks=MINI_TASKS, task_manager=tm, apply_chat_template=True,
-                                  confirm_run_unsafe_code=True, limit=limit, log_samples=False)
+    res = lm_eval.simple_evaluate(model="tabom_dlm", model_args=_model_args(cfg, base, adapter, e["decoder"]),
+                                  tasks=list(e["tasks"]), task_manager=tm, apply_chat_template=True,
+                                  confirm_run_unsafe_code=True, limit=cfg["eval"].get("limit"),
+                                  log_samples=False)
+    if res is None:  # a non-main process under accelerate launch: rank 0 writes
+        return True
     res.pop("samples", None)
     atomic_write_text(out, json.dumps(res, indent=1, default=handle_non_serializable))
-    scores = ", ".join(f"{t} {res['results'][t]['score,none']:.3f}" for t in MINI_TASKS)
-    print(f"[eval] No-SFT: {scores} ({time.perf_counter() - t0:.0f} s) -> {out}")
+    scores = ", ".join(f"{t} {100 * res['results'][t]['score,none']:.1f}" for t in e["tasks"])
+    say(stage, f"{e['id']}: {scores} ({time.perf_counter() - t0:.0f} s)")
+    return True
 
 
-def stage_decode(run: Path, base: Path, force: bool) -> None:
-    from tabom.decoding import DecodeConfig, encode_prompts, generate
+def stage_eval(cfg, base, run, pl, force) -> None:
+    e = next(e for e in pl["evals"] if e["id"] == "no_sft")
+    ran = run_eval(cfg, base, e, run, force, "eval")
+    if not ran:
+        say("eval", f"skipped: {e['results'].relative_to(run)} exists")
+
+
+def _queries(cfg: dict):
+    """(training queries, held-out TDS queries) per domain."""
+    from tabom.queries import load_queries
+
+    n_hold = int((cfg.get("tds") or {}).get("n", 0))
+    train_q, hold_q = {}, {}
+    for dom, spec in cfg["domains"].items():
+        train_q[dom], hold_q[dom] = [], []
+        for src in spec["sources"]:
+            name, _, n = str(src).partition(":")
+            n = int(n) if n else None
+            qs = load_queries(name, (n + n_hold) if (n and n_hold) else n)
+            if n is None and n_hold:
+                train_q[dom] += qs[:-n_hold] if len(qs) > n_hold else qs
+                hold_q[dom] += qs[-n_hold:] if len(qs) > n_hold else []
+            else:
+                train_q[dom] += qs[:n]
+                hold_q[dom] += qs[n:n + n_hold] if n else []
+        hold_q[dom] = hold_q[dom][:n_hold]
+    return train_q, hold_q
+
+
+def stage_distill(cfg, base, run, force) -> None:
+    from tabom.decoding import DecodeConfig
+    from tabom.distill import distill
     from tabom.models import load_model
 
-    out = run / "decode" / "trajectories.jsonl"
-    if out.exists() and not force:
-        print(f"[decode] skipped: {out} exists")
+    dcfg = cfg["distill"]
+    train_q, hold_q = _queries(cfg)
+    jobs = [("distill", run / "distill", [q for d in train_q for q in train_q[d]], "valid")]
+    jobs += [(f"tds/{d}", run / "tds" / f"traj_{d}", qs, "all") for d, qs in hold_q.items() if qs]
+    model = None
+    for name, out, queries, keep in jobs:
+        if force and out.exists():
+            shutil.rmtree(out)
+        if (out / "summary.json").is_file() and (out / "trajectories.parquet").is_file():
+            say("distill", f"skipped: {out.relative_to(run)} complete")
+            continue
+        if model is None:
+            model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu"))
+        dec = DecodeConfig.for_family(model.family, gen_length=int(dcfg.get("gen_length", 256)),
+                                      **(dcfg.get("decoder") or {}))
+        t0 = time.perf_counter()
+        s = distill(model, queries, out, dec, batch_size=int(dcfg.get("batch_size", 8)), progress=True,
+                    model_name=str(cfg["base"]), keep=keep)
+        per = ", ".join(f"{k} {v['valid']}/{v['total']}" for k, v in s["per_source"].items())
+        say("distill", f"{name}: valid {s['valid']}/{s['total']} ({per}), "
+                       f"{time.perf_counter() - t0:.0f} s -> {out.relative_to(run)}")
+
+
+def stage_train(cfg, base, run, pl, force, only_ids=None) -> None:
+    from tabom.train import TrainConfig, train
+
+    for t in pl["trains"]:
+        if only_ids and t["id"] not in only_ids:
+            continue
+        out = t["out"]
+        if force and out.exists():
+            shutil.rmtree(out)
+        if (out / "train_summary.json").is_file():
+            say("train", f"skipped: {t['id']} complete")
+            continue
+        path = _resolve(cfg["train"]["config_dir"]) / f"{t['method']}_{t['domain']}.yaml"
+        over = dict(cfg["train"].get("overrides") or {})
+        over.update(t["overrides"])
+        over.update(model=str(base), trajectories=str(run / "distill"), output_dir=str(out),
+                    domain=t["domain"])
+        if cfg.get("dtype"):
+            over.setdefault("dtype", cfg["dtype"])
+        tcfg = TrainConfig.from_file(path, **over)
+        t0 = time.perf_counter()
+        summary = train(tcfg, progress=True)
+        from tabom.train import read_log
+
+        log = read_log(out)
+        first, last = log[0], log[-1]
+        extra = f", pair acc {last['pair_acc']:.3f}" if "pair_acc" in last else ""
+        say("train", f"{t['id']}: {summary['steps']} steps, loss {first['loss']:.3f} -> {last['loss']:.3f}"
+                     f"{extra} ({time.perf_counter() - t0:.0f} s)")
+
+
+def stage_eval_trained(cfg, base, run, pl, force) -> None:
+    done = set()
+    for e in pl["evals"]:
+        if e["id"] == "no_sft" or e["results"] in done:
+            continue
+        done.add(e["results"])
+        if not run_eval(cfg, base, e, run, force, "eval_trained"):
+            say("eval_trained", f"skipped: {e['id']} ({e['results'].relative_to(run)} exists)")
+
+
+def _tds_entries(cfg, pl) -> list[dict]:
+    tcfg = cfg.get("tds") or {}
+    out = []
+    for d in cfg["domains"]:
+        dataset = cfg["domains"][d]["tasks"][0]
+        for m in tcfg.get("methods", ["base", "sft_sd", "tabom"]):
+            label = "Base" if m == "base" else LABELS[m]
+            out.append({"method": label, "dataset": dataset, "domain": d,
+                        "adapter": None if m == "base" else f"{m}_{d}",
+                        "file": f"tds/{m}_{d}.json"})
+    return out
+
+
+def stage_tds(cfg, base, run, pl, force) -> None:
+    from tabom.models import load_adapter, load_model
+    from tabom.tds import ce_vs_mask_ratio, tds
+    from tabom.trajectories import load_trajectories
+
+    tcfg = cfg.get("tds") or {}
+    if not _is_main():
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = load_model(base)
-    cfg = DecodeConfig.for_family(model.family, gen_length=48)
-    t0 = time.perf_counter()
-    res = generate(model, encode_prompts(model, PROMPTS), cfg, progress=True, trajectory=True)
-    lines = []
-    for i, prompt in enumerate(PROMPTS):
-        lines.append(json.dumps({
-            "prompt": prompt, "text": res.texts[i], "response_ids": res.sequences[i].tolist(),
-            "step_map": res.step_map[i].tolist(), "entropy": [round(v, 5) for v in res.entropy[i].tolist()],
-            "nfe": res.nfe[i], "decoder": res.config,
-        }))
-    atomic_write_text(out, "\n".join(lines) + "\n")
-    print(f"[decode] {len(PROMPTS)} prompts, NFE {sum(res.nfe)}, {time.perf_counter() - t0:.1f} s -> {out}")
+    if not tcfg:
+        say("tds", "skipped: no tds section in the config")
+        return
+    for ent in _tds_entries(cfg, pl):
+        out = run / ent["file"]
+        if out.exists() and not force:
+            say("tds", f"skipped: {ent['file']} exists")
+            continue
+        traj = run / "tds" / f"traj_{ent['domain']}"
+        rows = load_trajectories(traj, only_correct=False).to_list()
+        model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu"))
+        if ent["adapter"]:
+            load_adapter(model, run / "train" / ent["adapter"] / "adapter")
+        model.eval()
+        t0 = time.perf_counter()
+        res = tds(model, rows, progress=True)
+        res.update(method=ent["method"], dataset=ent["dataset"])
+        atomic_json(out, res)
+        say("tds", f"{ent['method']} on {ent['dataset']}: TDS {res['tds']:.4f} over "
+                   f"{res['n_trajectories']} trajectories ({time.perf_counter() - t0:.0f} s)")
+    if tcfg.get("ce", True):
+        out = run / "tds" / "ce_mask_ratio.json"
+        if out.exists() and not force:
+            say("tds", "skipped: tds/ce_mask_ratio.json exists")
+            return
+        model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu")).eval()
+        rows = load_trajectories(run / "distill").to_list()[: int(tcfg.get("ce_n", 128))]
+        res = ce_vs_mask_ratio(model, rows)
+        atomic_json(out, res)
+        say("tds", f"CE vs mask ratio on {res['n']} answers: SD {res['sd'][0]:.2f}..{res['sd'][-1]:.2f}, "
+                   f"GT {res['gt'][0]:.2f}..{res['gt'][-1]:.2f} nats")
 
 
+def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
+    from tabom_eval.leaderboard import build_leaderboard
+
+    if not _is_main():
+        return []
+
+    out_dir = _resolve(cfg.get("leaderboard_dir", "leaderboards"))
+    snap = out_dir / cfg["name"]
+    runs = []
+    copied = set()
+    for e in pl["evals"]:
+        rel = f"results/{e['results'].parent.name}.json"
+        if rel not in copied:
+            data = json.loads(e["results"].read_text())
+            atomic_json(snap / rel, _slim_results(data))
+            copied.add(rel)
+        runs.append({"id": e["id"], "method": e["method"], "domain": e["domain"], "kind": e["kind"],
+                     "params": e["params"], "results": rel})
+    tds_entries = []
+    for ent in _tds_entries(cfg, pl) if cfg.get("tds") else []:
+        src = run / ent["file"]
+        if src.exists():
+            atomic_json(snap / ent["file"], json.loads(src.read_text()))
+            tds_entries.append({"method": ent["method"], "dataset": ent["dataset"], "file": ent["file"]})
+    manifest = {
+        "name": cfg["name"], "title": cfg.get("title", cfg["name"]), "model": str(cfg["base"]),
+        "family": json.loads((run / "base.json").read_text()).get("family", "?"),
+        "data": _data_line(run), "decoder": _decoder_line(cfg, run), "training": _training_line(cfg),
+        "revision": _git_revision(), "date": dt.date.today().isoformat(),
+        "domains": {d: list(cfg["domains"][d]["tasks"]) for d in cfg["domains"]},
+        "ood_extra": list(cfg["eval"].get("ood_extra", [])), "runs": runs, "tds": tds_entries,
+    }
+    if cfg.get("task_labels"):
+        manifest["task_labels"] = cfg["task_labels"]
+    if cfg.get("reference"):
+        manifest["reference"] = cfg["reference"]
+    ce = run / "tds" / "ce_mask_ratio.json"
+    if ce.exists():
+        atomic_json(snap / "tds" / "ce_mask_ratio.json", json.loads(ce.read_text()))
+        manifest["ce_curve"] = "tds/ce_mask_ratio.json"
+    atomic_json(snap / "manifest.json", manifest)
+    written = build_leaderboard(snap, out_dir=out_dir)
+    say("leaderboards", f"{len(runs)} runs -> " + ", ".join(str(p) for p in written))
+    return written
+
+
+def _slim_results(data: dict) -> dict:
+    """The result file without per-sample data and bulky task configs."""
+    keep = ("results", "groups", "group_subtasks", "n-samples", "higher_is_better", "versions",
+            "n-shot", "config", "date", "model_name", "model_source", "lm_eval_version", "git_hash")
+    out = {k: data[k] for k in keep if k in data}
+    out["configs"] = {t: {k: c.get(k) for k in ("task", "generation_kwargs", "metadata") if k in c}
+                      for t, c in (data.get("configs") or {}).items()}
+    return out
+
+
+def _data_line(run: Path) -> str:
+    s = json.loads((run / "distill" / "summary.json").read_text())
+    per = ", ".join(f"{k} {v['valid']}/{v['total']}" for k, v in s["per_source"].items())
+    return f"self-distilled training queries, valid/decoded: {per} (total {s['valid']}/{s['total']})"
+
+
+def _decoder_line(cfg: dict, run: Path) -> dict:
+    s = json.loads((run / "distill" / "summary.json").read_text())
+    dec = {k: v for k, v in s["decoder"].items() if v not in (None, False)}
+    return dec
+
+
+def _training_line(cfg: dict) -> dict:
+    d = _train_defaults(cfg, "tabom", next(iter(cfg["domains"])))
+    keys = ("lora_r", "lora_alpha", "lr", "epochs", "max_steps", "per_device_batch", "warmup_steps",
+            "window", "lam", "margin")
+    return {k: d[k] for k in keys if d.get(k) is not None}
+
+
+# ------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=None, help="pipeline config file (not built yet)")
-    ap.add_argument("--run-dir", default=str(REPO / "runs" / "mini"))
-    ap.add_argument("--base", default=None, help="base checkpoint folder (default: the shipped tiny model)")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config (default: the mini world)")
+    ap.add_argument("--run-dir", default=None, help="run folder (default: the config's run_dir)")
+    ap.add_argument("--only", choices=STAGES, default=None, help="run only this stage")
+    ap.add_argument("--force", choices=STAGES[1:], action="append", default=[],
+                    help="redo this stage even when its outputs exist (repeatable)")
+    ap.add_argument("--leaderboard-dir", default=None,
+                    help="where leaderboards go (default: the config's leaderboard_dir, else leaderboards/)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems per task")
-    ap.add_argument("--only", choices=["base", "eval", "decode", *PENDING], default=None)
-    ap.add_argument("--force", choices=["eval", "decode"], action="append", default=[])
     args = ap.parse_args(argv)
-    if args.config:
-        ap.error("--config: pipeline configs are not built yet; run without it for the mini world")
-    run = Path(args.run_dir)
+    cfg = load_pipeline_config(Path(args.config))
+    if args.limit is not None:
+        cfg["eval"]["limit"] = args.limit
+    if args.leaderboard_dir:
+        cfg["leaderboard_dir"] = str(Path(args.leaderboard_dir).resolve())
+    run = Path(args.run_dir) if args.run_dir else _resolve(cfg.get("run_dir", f"runs/{cfg['name']}"))
     run.mkdir(parents=True, exist_ok=True)
+    for k, v in (cfg.get("env") or {}).items():
+        os.environ[str(k)] = str(v)
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg["threads"]))
+    atomic_json(run / "pipeline_config.json", cfg)
+    pl = plan(cfg, run)
     want = lambda s: args.only in (None, s)  # noqa: E731
-    base = stage_base(run, args.base, False)
+    t_all = time.perf_counter()
+    timings = {}
+
+    def timed(stage, fn, *a):
+        t0 = time.perf_counter()
+        r = fn(*a)
+        timings[stage] = round(time.perf_counter() - t0, 1)
+        return r
+
+    base = timed("base", stage_base, cfg, run)
     if want("eval"):
-        stage_eval(run, base, "eval" in args.force, args.limit)
-    if want("decode"):
-        stage_decode(run, base, "decode" in args.force)
-    for stage, what in PENDING.items():
-        if want(stage):
-            print(f"[{stage}] not built yet: {what}")
+        timed("eval", stage_eval, cfg, base, run, pl, "eval" in args.force)
+    if want("distill"):
+        timed("distill", stage_distill, cfg, base, run, "distill" in args.force)
+    if want("train"):
+        timed("train", stage_train, cfg, base, run, pl, "train" in args.force)
+    if want("eval_trained"):
+        timed("eval_trained", stage_eval_trained, cfg, base, run, pl, "eval_trained" in args.force)
+    if want("tds"):
+        timed("tds", stage_tds, cfg, base, run, pl, "tds" in args.force)
+    if want("leaderboards"):
+        timed("leaderboards", stage_leaderboards, cfg, base, run, pl, "leaderboards" in args.force)
+    total = time.perf_counter() - t_all
+    times = json.loads((run / "timings.json").read_text()) if (run / "timings.json").exists() else {}
+    times.setdefault("history", []).append({"stages": timings, "total_s": round(total, 1),
+                                            "date": dt.datetime.now().isoformat(timespec="seconds")})
+    atomic_json(run / "timings.json", times)
+    print(f"[done] {total:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()), flush=True)
     return 0
 
 

@@ -62,17 +62,21 @@ def _read_shards(shard_dir: Path) -> list[dict]:
 
 def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch_size: int = 8,
             progress: bool = True, verify_timeout: float = 10.0, system_prompt: str | None = None,
-            model_name: str | None = None, seed: int = 0) -> dict:
+            model_name: str | None = None, seed: int = 0, keep: str = "valid") -> dict:
     """Decode, verify and store ``queries`` (from :func:`tabom.queries.load_queries`).
 
     ``decoder``: a :class:`tabom.decoding.DecodeConfig` (default: the family's
-    default decoder at gen_length 256). Returns the summary dict.
+    default decoder at gen_length 256). ``keep="all"`` stores every
+    trajectory in ``trajectories.parquet`` (e.g. held-out sets for TDS), not
+    only the verified ones. Returns the summary dict.
     """
     from tqdm.auto import tqdm
 
     from .decoding import DecodeConfig, encode_prompts, generate
     from .queries import verify
 
+    if keep not in ("valid", "all"):
+        raise ValueError(f"keep={keep!r} must be 'valid' or 'all'")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     ids = [q["id"] for q in queries]
@@ -127,7 +131,7 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
     state.wait_for_everyone()
     summary = {}
     if state.is_main_process:
-        summary = finalize(out, queries, extra={
+        summary = finalize(out, queries, keep=keep, extra={
             "decoder": cfg.to_dict(), "model": name, "model_revision": revision,
             "batch_size": batch_size, "processes": state.num_processes,
             "seconds_this_run": round(elapsed, 2), "decoded_this_run": n_total,
@@ -138,8 +142,9 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
     return summary
 
 
-def finalize(out: Path, queries: list[dict], extra: dict | None = None) -> dict:
-    """Merge the shards into ``trajectories.parquet`` (valid records, query order)."""
+def finalize(out: Path, queries: list[dict], extra: dict | None = None, keep: str = "valid") -> dict:
+    """Merge the shards into ``trajectories.parquet`` (valid records, or all
+    with ``keep="all"``, in query order)."""
     order = {q["id"]: i for i, q in enumerate(queries)}
     rows = {r["id"]: r for r in _read_shards(out / "shards") if r["id"] in order}
     missing = [q["id"] for q in queries if q["id"] not in rows]
@@ -148,16 +153,18 @@ def finalize(out: Path, queries: list[dict], extra: dict | None = None) -> dict:
                            f"(first: {missing[0]!r}); rerun the distillation to finish them")
     ordered = sorted(rows.values(), key=lambda r: order[r["id"]])
     valid = [{k: r[k] for k in FIELDS} for r in ordered if r["correct"]]
-    if not valid:
+    kept = valid if keep == "valid" else [{k: r[k] for k in FIELDS} for r in ordered]
+    if not kept:
         raise RuntimeError(f"{out}: none of the {len(ordered)} decoded answers passed its verifier; "
                            "there is nothing to train on")
-    write_parquet(valid, out / "trajectories.parquet")
+    write_parquet(kept, out / "trajectories.parquet")
     per_source: dict[str, dict] = {}
     for r in ordered:
         s = per_source.setdefault(r["source"], {"total": 0, "valid": 0})
         s["total"] += 1
         s["valid"] += int(r["correct"])
     summary = {"total": len(ordered), "valid": len(valid), "valid_rate": len(valid) / len(ordered),
+               "kept": keep,
                "per_source": per_source, **(extra or {})}
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
