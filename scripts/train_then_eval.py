@@ -344,10 +344,16 @@ def stage_train(cfg, base, run, pl, force, only_ids=None) -> None:
         from tabom.train import read_log
 
         log = read_log(out)
-        first, last = log[0], log[-1]
-        extra = f", pair acc {last['pair_acc']:.3f}" if "pair_acc" in last else ""
-        say("train", f"{t['id']}: {summary['steps']} steps, loss {first['loss']:.3f} -> {last['loss']:.3f}"
-                     f"{extra} ({time.perf_counter() - t0:.0f} s)")
+        k = max(1, len(log) // 10)  # mean of the first / last 10% of the steps
+
+        def avg(key, rows):
+            vals = [r[key] for r in rows if key in r]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        extra = (f", pair acc {avg('pair_acc', log[:k]):.3f} -> {avg('pair_acc', log[-k:]):.3f}"
+                 if "pair_acc" in log[-1] else "")
+        say("train", f"{t['id']}: {summary['steps']} steps, loss {avg('loss', log[:k]):.3f} -> "
+                     f"{avg('loss', log[-k:]):.3f}{extra} ({time.perf_counter() - t0:.0f} s)")
 
 
 def stage_eval_trained(cfg, base, run, pl, force) -> None:

@@ -1,0 +1,133 @@
+"""scripts/train_then_eval.py end to end on the micro preset: killed in the
+middle of training, rerun, complete; and the committed mini leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = REPO / "scripts" / "train_then_eval.py"
+MICRO = REPO / "configs" / "pipeline" / "micro.yaml"
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+
+
+def _partial_train_run(run: Path) -> Path | None:
+    """A training run that has a checkpoint but is not finished."""
+    for d in (run / "train").glob("*"):
+        if (d / "checkpoints").is_dir() and any((d / "checkpoints").glob("step-*")) \
+                and not (d / "train_summary.json").exists():
+            return d
+    return None
+
+
+def _finished_files(run: Path) -> dict[Path, int]:
+    files = [run / "eval" / "no_sft" / "results.json", run / "distill" / "trajectories.parquet",
+             run / "distill" / "summary.json"]
+    files += list(run.glob("tds/traj_*/trajectories.parquet"))
+    for d in (run / "train").glob("*"):
+        if (d / "train_summary.json").exists():
+            files += [d / "train_summary.json", d / "adapter" / "adapter_model.safetensors"]
+    return {f: f.stat().st_mtime_ns for f in files}
+
+
+def test_pipeline_killed_during_training_finishes_on_rerun(tmp_path):
+    run, lb = tmp_path / "run", tmp_path / "lb"
+    cmd = [sys.executable, str(SCRIPT), "--config", str(MICRO), "--run-dir", str(run),
+           "--leaderboard-dir", str(lb)]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    partial = None
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            partial = _partial_train_run(run) if (run / "train").is_dir() else None
+            done = list((run / "train").glob("*/train_summary.json")) if (run / "train").is_dir() else []
+            if partial is not None and done:
+                os.killpg(proc.pid, signal.SIGKILL)  # killed mid-training, no chance to clean up
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    assert not (run / "timings.json").exists()  # it did not get to the end
+    partial = _partial_train_run(run)
+    assert partial is not None  # a training run was cut between two checkpoints
+    before = _finished_files(run)
+    finished_runs = {p.parent.name for p in (run / "train").glob("*/train_summary.json")}
+    assert finished_runs  # killed after the first training run finished
+
+    out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    # finished stages are skipped, and their files are untouched
+    assert "[eval] skipped" in text and "[distill] skipped: distill complete" in text
+    for name in finished_runs:
+        assert f"[train] skipped: {name} complete" in text
+    after = {f: f.stat().st_mtime_ns for f in before}
+    assert after == before
+    # the interrupted run resumed from its checkpoint: every step logged exactly once
+    steps = [json.loads(ln)["step"] for ln in (partial / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7)), (partial.name, steps)
+
+    md = (lb / "micro.md").read_text()
+    assert "–" not in md  # every cell filled
+    for title in ("## Trained on math", "## Trained on code", "## Parallel decoding (k = 2)",
+                  "## Component ablation", "## λ × margin grid", "## Window sweep",
+                  "## Trajectory Discrimination Score"):
+        assert title in md
+    for method in ("No-SFT", "SFT-GT", "SFT-SD", "dInfer", "T3D", "TABOM"):
+        assert f"| {method} |" in md
+    assert (lb / "micro_tds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (lb / "micro_ce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    manifest = json.loads((lb / "micro" / "manifest.json").read_text())
+    assert len(manifest["runs"]) == 22
+    # the scores in the table are the ones lm-eval wrote
+    res = json.loads((run / "eval" / "tabom_math" / "results.json").read_text())
+    score = 100 * res["results"]["mini_math"]["score,none"]
+    assert f"| TABOM | {score:.2f} ±" in md
+
+    # a third run redoes nothing; --only / --force select stages
+    again = subprocess.run(cmd + ["--only", "leaderboards", "--force", "leaderboards"], cwd=tmp_path,
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[leaderboards] 22 runs" in again.stdout and "[train]" not in again.stdout
+
+
+def test_pipeline_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inherit: " + str(MICRO) + "\ntrain: {methods: [sft, tabom], config_dir: configs/mini}\n")
+    out = subprocess.run([sys.executable, str(SCRIPT), "--config", str(bad), "--run-dir", str(tmp_path / "r")],
+                         env=_env(), capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "bad.yaml: train.methods ['sft'] unknown" in out.stderr
+
+
+COMMITTED = REPO / "leaderboards" / "mini"
+
+
+@pytest.mark.skipif(not (COMMITTED / "manifest.json").exists(), reason="no committed mini leaderboard yet")
+def test_committed_mini_leaderboard_regenerates_from_its_result_files(tmp_path):
+    from tabom_eval.leaderboard import build_leaderboard
+
+    build_leaderboard(COMMITTED, out_dir=tmp_path)
+    committed = (REPO / "leaderboards" / "mini.md").read_text()
+    assert (tmp_path / "mini.md").read_text() == committed
+    assert "–" not in committed
+    for png in ("mini_tds.png", "mini_ce.png"):
+        assert (REPO / "leaderboards" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
