@@ -123,6 +123,23 @@ def test_distill_refuses_early_exit_and_duplicate_ids(tmp_path, mini_model, mini
         distill(mini_model, mini_queries[:2] * 2, tmp_path, cfg, progress=False)
 
 
+def test_distill_under_accelerate_two_processes(tmp_path, mini_traj):
+    """accelerate launch splits the queries over 2 processes; the merged dataset
+    equals the single-process one."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    out = subprocess.run([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "tabom.distill", "--model", str(MINI), "--source", "mini_math:16",
+                          "--source", "mini_code:16", "--gen-length", "48", "--batch-size", "8",
+                          "--out", str(tmp_path / "d"), "--no-progress"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["total"] == 32
+    strip = lambda rows: [{k: r[k] for k in ("id", "response_ids", "step_map")} for r in rows]  # noqa: E731
+    assert strip(_records(tmp_path / "d")) == strip(_records(mini_traj))
+
+
 # ----------------------------------------------------------- bad trajectories
 def _good():
     return {"id": "q:0", "prompt_ids": [1, 2], "response_ids": [5, 6, 7], "step_map": [0, 2, 1],
@@ -359,3 +376,14 @@ def test_ce_of_ground_truth_vs_self_distilled(mini_model, mini_traj):
     assert res["mask_ratios"] == [0.2, 0.8] and len(res["sd"]) == len(res["gt"]) == 2
     # the mini world's ground truth is written in a style the base never saw
     assert all(g > s + 1.0 for g, s in zip(res["gt"], res["sd"]))
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, mini_traj):
+    from tabom.train import train
+
+    logs = []
+    for gc in (False, True):
+        cfg = _cfg(tmp_path / str(gc), mini_traj, "tabom", max_steps=3, gradient_checkpointing=gc)
+        train(cfg, progress=False)
+        logs.append([r["loss"] for r in _log(cfg.output_dir)])
+    assert logs[0] == pytest.approx(logs[1], rel=1e-5)
