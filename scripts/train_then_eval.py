@@ -370,7 +370,8 @@ def _tds_entries(cfg, pl) -> list[dict]:
     tcfg = cfg.get("tds") or {}
     out = []
     for d in cfg["domains"]:
-        dataset = cfg["domains"][d]["tasks"][0]
+        # held-out queries of the domain's training sources (not the test tasks)
+        dataset = "+".join(str(s).partition(":")[0] for s in cfg["domains"][d]["sources"]) + " (held-out)"
         for m in tcfg.get("methods", ["base", "sft_sd", "tabom"]):
             label = "Base" if m == "base" else LABELS[m]
             out.append({"method": label, "dataset": dataset, "domain": d,
