@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 ORDERS = ("confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
 PROBABILITY_ORDERS = ("confidence", "maskgit_plus", "topk_margin", "random")
