@@ -41,23 +41,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tabom.utils import atomic_write_json as atomic_json, atomic_write_text  # noqa: E402
+
 DEFAULT_CONFIG = REPO / "configs" / "pipeline" / "mini.yaml"
 STAGES = ("base", "eval", "distill", "train", "eval_trained", "tds", "leaderboards")
 LABELS = {"sft_gt": "SFT-GT", "sft_sd": "SFT-SD", "dinfer": "dInfer", "t3d": "T3D", "tabom": "TABOM"}
 
 
 # ----------------------------------------------------------------- helpers
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
-
-
 def say(stage: str, msg: str) -> None:
     print(f"[{stage}] {msg}", flush=True)
 
@@ -199,8 +190,12 @@ def _train_defaults(cfg: dict, method: str, domain: str) -> dict:
 
 # ----------------------------------------------------------------- stages
 def stage_base(cfg: dict, run: Path):
-    """The base checkpoint: a local folder (checked and loaded once) or a Hub id."""
-    from tabom.models import load_model
+    """The base checkpoint: a local folder (family and size read from its
+    config and safetensors headers, no weights loaded) or a Hub id."""
+    from math import prod
+
+    from tabom.models import family_for_model_type
+    from tabom.models.formats import read_tensor_shapes
     from tabom.trajectories import model_revision
 
     base = str(cfg["base"])
@@ -209,14 +204,22 @@ def stage_base(cfg: dict, run: Path):
         atomic_json(run / "base.json", {"base": base, "revision": "hub", "family": cfg.get("family", "?")})
         say("base", f"{base} (Hugging Face Hub id)")
         return base
-    if not (local / "config.json").is_file():
-        raise SystemExit(f"[base] {local}/config.json not found: point `base:` at a checkpoint folder, or "
+    config = local / "config.json"
+    if not config.is_file():
+        raise SystemExit(f"[base] {config} not found: point `base:` at a checkpoint folder, or "
                          "rebuild the mini-world base with python scripts/pretrain_tiny.py")
-    model = load_model(local, dtype=cfg.get("dtype"))
-    n = sum(p.numel() for p in model.parameters())
+    try:
+        family = family_for_model_type(json.loads(config.read_text()).get("model_type"), str(config)).name
+    except ValueError:
+        family = cfg.get("family", "?")
+    try:
+        n = sum(prod(shape) for shape in read_tensor_shapes(local).values())
+    except (FileNotFoundError, ValueError):
+        n = None
     atomic_json(run / "base.json", {"base": str(local), "revision": model_revision(local),
-                                    "family": model.family.name, "params": n})
-    say("base", f"{local} ({model.family.name}, {n / 1e6:.2f}M parameters)")
+                                    "family": family, "params": n})
+    size = f", {n / 1e6:.2f}M parameters" if n else ""
+    say("base", f"{local} ({family}{size})")
     return local
 
 
@@ -381,7 +384,7 @@ def _tds_entries(cfg, pl) -> list[dict]:
 
 
 def stage_tds(cfg, base, run, pl, force) -> None:
-    from tabom.models import load_adapter, load_model
+    from tabom.models import load_adapter, load_model, unload_adapter
     from tabom.tds import ce_vs_mask_ratio, tds
     from tabom.trajectories import load_trajectories
 
@@ -391,19 +394,21 @@ def stage_tds(cfg, base, run, pl, force) -> None:
     if not tcfg:
         say("tds", "skipped: no tds section in the config")
         return
+    model = None  # the base, loaded once; adapters are attached and removed in turn
     for ent in _tds_entries(cfg, pl):
         out = run / ent["file"]
         if out.exists() and not force:
             say("tds", f"skipped: {ent['file']} exists")
             continue
-        traj = run / "tds" / f"traj_{ent['domain']}"
-        rows = load_trajectories(traj, only_correct=False).to_list()
-        model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu"))
+        rows = load_trajectories(run / "tds" / f"traj_{ent['domain']}", only_correct=False).to_list()
+        if model is None:
+            model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu")).eval()
         if ent["adapter"]:
             load_adapter(model, run / "train" / ent["adapter"] / "adapter")
-        model.eval()
         t0 = time.perf_counter()
         res = tds(model, rows, progress=True)
+        if ent["adapter"]:
+            unload_adapter(model)
         res.update(method=ent["method"], dataset=ent["dataset"])
         atomic_json(out, res)
         say("tds", f"{ent['method']} on {ent['dataset']}: TDS {res['tds']:.4f} over "
@@ -413,7 +418,8 @@ def stage_tds(cfg, base, run, pl, force) -> None:
         if out.exists() and not force:
             say("tds", "skipped: tds/ce_mask_ratio.json exists")
             return
-        model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu")).eval()
+        if model is None:
+            model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu")).eval()
         rows = load_trajectories(run / "distill").to_list()[: int(tcfg.get("ce_n", 128))]
         res = ce_vs_mask_ratio(model, rows)
         atomic_json(out, res)
@@ -448,7 +454,7 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
     manifest = {
         "name": cfg["name"], "title": cfg.get("title", cfg["name"]), "model": str(cfg["base"]),
         "family": json.loads((run / "base.json").read_text()).get("family", "?"),
-        "data": _data_line(run), "decoder": _decoder_line(cfg, run), "training": _training_line(cfg),
+        "data": _data_line(run), "decoder": _decoder_line(run), "training": _training_line(cfg),
         "revision": _git_revision(), "date": dt.date.today().isoformat(),
         "domains": {d: list(cfg["domains"][d]["tasks"]) for d in cfg["domains"]},
         "ood_extra": list(cfg["eval"].get("ood_extra", [])), "runs": runs, "tds": tds_entries,
@@ -483,7 +489,7 @@ def _data_line(run: Path) -> str:
     return f"self-distilled training queries, valid/decoded: {per} (total {s['valid']}/{s['total']})"
 
 
-def _decoder_line(cfg: dict, run: Path) -> dict:
+def _decoder_line(run: Path) -> dict:
     s = json.loads((run / "distill" / "summary.json").read_text())
     dec = {k: v for k, v in s["decoder"].items() if v not in (None, False)}
     return dec

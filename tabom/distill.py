@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from .trajectories import FIELDS, model_revision, write_parquet
+from .utils import atomic_write_json, parse_overrides
 
 
 def _state():
@@ -166,9 +166,7 @@ def finalize(out: Path, queries: list[dict], extra: dict | None = None, keep: st
     summary = {"total": len(ordered), "valid": len(valid), "valid_rate": len(valid) / len(ordered),
                "kept": keep,
                "per_source": per_source, **(extra or {})}
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 
@@ -200,12 +198,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     device = args.device or str(_state().device)
     model = load_model(args.model, dtype=args.dtype, device=device)
-    over = {}
-    for item in args.set:
-        k, sep, v = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected KEY=VALUE")
-        over[k] = json.loads(v) if v not in ("", "None") and not v.isalpha() else (None if v == "None" else v)
+    try:
+        over = parse_overrides(args.set)
+    except ValueError as e:
+        ap.error(str(e))
     cfg = DecodeConfig.for_family(model.family, gen_length=args.gen_length, **over)
     queries = [q for name, n in args.source for q in load_queries(name, n, seed=args.seed)]
     summary = distill(model, queries, args.out, cfg, batch_size=args.batch_size,

@@ -49,19 +49,27 @@ METHODS = ("sft", "dinfer", "t3d", "tabom")
 # per-token statistics
 # --------------------------------------------------------------------------
 
-def token_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):
-    """(log p(target) [B, K], entropy [B, K]) in fp32 from logits [B, K, V].
-
-    H = logsumexp(z) - sum softmax(z) z, differentiable; computed only on the
-    K gathered rows, never over the full sequence.
-    """
+def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """fp32 log-softmax of gathered logits [B, K, V] (only the K target rows)."""
     z = logits.float()
-    if temperature != 1.0:
-        z = z / temperature
-    logp_all = F.log_softmax(z, dim=-1)
-    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    return F.log_softmax(z / temperature if temperature != 1.0 else z, dim=-1)
+
+
+def gather_logprobs(logp_all: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) [B, K] from :func:`log_probs`."""
+    return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_of(logp_all: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy [B, K] from :func:`log_probs`; differentiable."""
+    return -(logp_all.exp() * logp_all).sum(-1)
+
+
+def token_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0):
+    """(log p(target) [B, K], entropy [B, K]) in fp32 from logits [B, K, V],
+    with one log-softmax, computed only on the K gathered rows."""
+    logp_all = log_probs(logits, temperature)
+    return gather_logprobs(logp_all, targets), entropy_of(logp_all)
 
 
 def pack(mask: torch.Tensor, min_k: int = 1):
@@ -101,6 +109,17 @@ def _boundaries(order_row: torch.Tensor, steps_row: torch.Tensor, n: int) -> lis
     return cuts
 
 
+def _trajectory_rows(order: torch.Tensor, steps: torch.Tensor, lengths: torch.Tensor):
+    """Per row: (b, n, decode rank of its n tokens, cut points of its states)."""
+    for b in range(order.shape[0]):
+        n = int(lengths[b])
+        yield b, n, order[b, :n], _boundaries(order[b], steps[b], n)
+
+
+def _draw(seq: list, generator: torch.Generator | None):
+    return seq[int(torch.randint(len(seq), (1,), generator=generator))]
+
+
 def tabom_view(order: torch.Tensor, steps: torch.Tensor, lengths: torch.Tensor, window: int,
                window_mode: str = "local", generator: torch.Generator | None = None):
     """TABOM's local segment. Per row: a step s drawn uniformly over the
@@ -112,15 +131,11 @@ def tabom_view(order: torch.Tensor, steps: torch.Tensor, lengths: torch.Tensor, 
         raise ValueError(f"window_mode={window_mode!r} must be 'local' or 'global'")
     if window_mode == "local" and window < 1:
         raise ValueError(f"window={window} must be >= 1")
-    B, G = order.shape
-    known = torch.zeros(B, G, dtype=torch.bool)
-    targets = torch.zeros(B, G, dtype=torch.bool)
-    for b in range(B):
-        n = int(lengths[b])
-        cuts = _boundaries(order[b], steps[b], n)
-        c = cuts[int(torch.randint(len(cuts), (1,), generator=generator))]
+    known = torch.zeros(order.shape, dtype=torch.bool)
+    targets = torch.zeros(order.shape, dtype=torch.bool)
+    for b, n, rank, cuts in _trajectory_rows(order, steps, lengths):
+        c = _draw(cuts, generator)
         end = n if window_mode == "global" else min(c + window, n)
-        rank = order[b, :n]
         known[b, :n] = rank < c
         targets[b, :n] = (rank >= c) & (rank < end)
     return known, targets
@@ -130,17 +145,12 @@ def dinfer_view(order: torch.Tensor, steps: torch.Tensor, lengths: torch.Tensor,
                 generator: torch.Generator | None = None):
     """dInfer's compressed transition: two trajectory states s (earlier, more
     masked) and s' (later); input x_s; targets = tokens unmasked between them."""
-    B, G = order.shape
-    known = torch.zeros(B, G, dtype=torch.bool)
-    targets = torch.zeros(B, G, dtype=torch.bool)
-    for b in range(B):
-        n = int(lengths[b])
-        cuts = _boundaries(order[b], steps[b], n)
+    known = torch.zeros(order.shape, dtype=torch.bool)
+    targets = torch.zeros(order.shape, dtype=torch.bool)
+    for b, n, rank, cuts in _trajectory_rows(order, steps, lengths):
         i = int(torch.randint(len(cuts), (1,), generator=generator))
-        later = cuts[i + 1:] + [n]
         c1 = cuts[i]
-        c2 = later[int(torch.randint(len(later), (1,), generator=generator))]
-        rank = order[b, :n]
+        c2 = _draw(cuts[i + 1:] + [n], generator)
         known[b, :n] = rank < c1
         targets[b, :n] = (rank >= c1) & (rank < c2)
     return known, targets

@@ -7,15 +7,14 @@ benchmarks prompt it: ``<chat template(prompt)> answer <|eot_id|>`` followed
 by ``<|endoftext|>`` padding up to the canvas length, so the model learns to
 fill the canvas tail with EOS like the released instruct models.
 
-Objective (LLaDA SFT form, written down once here): t ~ U(eps, 1) per row,
-each response token masked with probability t (the prompt never), loss =
-sum over masked tokens of CE / t, divided by the number of response tokens
-in the batch (padding included).
+Objective: the ``sft`` NELBO of :mod:`tabom.objectives` (LLaDA's SFT form;
+every canvas has the same length, so it is the sum over masked tokens of
+CE / p divided by the number of response tokens in the batch, padding
+included), through :func:`tabom.train.compute_loss`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -23,7 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from .utils import atomic_write_json
 
 
 @dataclass
@@ -45,8 +45,9 @@ class PretrainConfig:
     threads: int | None = None
 
 
-def build_examples(model, cfg: PretrainConfig) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids padded to gen_length) for the pretraining split."""
+def build_examples(model, cfg: PretrainConfig) -> list[dict]:
+    """Training examples (the layout of :func:`tabom.train.collate`): prompt
+    ids and the response padded to gen_length, for the pretraining split."""
     from .decoding import encode_prompts
     from .mini_world import code_records, math_records
 
@@ -60,46 +61,20 @@ def build_examples(model, cfg: PretrainConfig) -> list[tuple[list[int], list[int
         resp = tok(answer, add_special_tokens=False)["input_ids"] + [ids.eot]
         if len(resp) > cfg.gen_length:
             raise ValueError(f"answer of {len(resp)} tokens exceeds gen_length={cfg.gen_length}: {answer!r}")
-        out.append((prompt_ids, resp + [ids.eos] * (cfg.gen_length - len(resp))))
+        out.append({"prompt_ids": prompt_ids, "response_ids": resp + [ids.eos] * (cfg.gen_length - len(resp)),
+                    "length": cfg.gen_length, "order": None, "steps": None})
     random.Random(cfg.seed).shuffle(out)
     return out
-
-
-def collate(batch, pad_id: int):
-    """Left-padded [B, P + G] ids, attention mask and the response start P."""
-    P = max(len(p) for p, _ in batch)
-    G = len(batch[0][1])
-    x = torch.full((len(batch), P + G), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(x)
-    for i, (p, r) in enumerate(batch):
-        x[i, P - len(p):P] = torch.tensor(p)
-        x[i, P:] = torch.tensor(r)
-        attn[i, P - len(p):] = 1
-    return x, attn, P
-
-
-def masked_diffusion_loss(model, x, attn, P, mask_id, eps=1e-3, generator=None):
-    """(loss, unweighted CE over masked tokens) of the LLaDA-form objective."""
-    B, L = x.shape
-    G = L - P
-    t = eps + (1 - eps) * torch.rand(B, 1, generator=generator)
-    is_mask = torch.rand(B, G, generator=generator) < t
-    noisy = x.clone()
-    noisy[:, P:] = torch.where(is_mask, torch.full_like(noisy[:, P:], mask_id), noisy[:, P:])
-    positions = (P + torch.arange(G))[None].expand(B, -1)
-    logits = model(noisy, attention_mask=attn, positions=positions).float()
-    ce = F.cross_entropy(logits.flatten(0, 1), x[:, P:].flatten(), reduction="none").view(B, G)
-    loss = (ce * is_mask / t).sum() / (B * G)
-    raw = (ce * is_mask).sum() / is_mask.sum().clamp(min=1)
-    return loss, raw
 
 
 def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: bool = True,
              log_every: int = 50) -> dict:
     """Train the tiny base from scratch and save it (LLaDA format) to ``out_dir``."""
     from .models import random_tiny_model
+    from .train import TrainConfig, collate, compute_loss
 
     cfg = cfg or PretrainConfig()
+    objective = TrainConfig(method="sft_gt", eps=cfg.eps)  # the NELBO on the given answers
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -137,8 +112,9 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: b
             cursor = 0
         batch = [examples[i] for i in order[cursor:cursor + cfg.batch_size]]
         cursor += cfg.batch_size
-        x, attn, P = collate(batch, model.special_ids.pad)
-        loss, raw = masked_diffusion_loss(model, x, attn, P, model.mask_id, cfg.eps, gen)
+        terms = compute_loss(model, collate(batch, model.special_ids.pad, model.special_ids.eos),
+                             objective, gen)
+        loss, raw = terms["loss"], terms["ce"]
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -161,5 +137,5 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: b
             "params": sum(p.numel() for p in model.parameters()),
             "first_loss": history[0][1], "last_loss": sum(h[1] for h in history[-20:]) / min(20, len(history)),
             "loss_curve": [(s, round(a, 4), round(b, 4)) for s, a, b in history[:: max(1, cfg.steps // 100)]]}
-    (out_dir / "pretrain_info.json").write_text(json.dumps(info, indent=1))
+    atomic_write_json(out_dir / "pretrain_info.json", info)
     return info

@@ -21,14 +21,12 @@ under the base model, for self-distilled (SD) and ground-truth (GT) answers.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-from pathlib import Path
 
 import torch
 
-from .objectives import token_stats
+from .objectives import entropy_of, gather_logprobs, log_probs
+from .utils import atomic_write_json
 
 
 def _first_stop(response_ids, stop_ids) -> int:
@@ -69,8 +67,7 @@ def trajectory_variances(model, record: dict, batch_size: int = 64) -> list[floa
             pos[b, :len(idx)] = idx + P
             valid[b, :len(idx)] = True
         logits = model(x.to(device), positions=pos.to(device))
-        _, ent = token_stats(logits, torch.zeros_like(pos, device=device))
-        ent = ent.cpu()
+        ent = entropy_of(log_probs(logits)).cpu()
         for b, (t, _) in enumerate(chunk):
             e = ent[b][valid[b]].double()
             out[t] = float(((e - e.mean()) ** 2).mean())
@@ -133,7 +130,7 @@ def masked_ce(model, prompt_ids: list[int], responses: list[list[int]], ratio: f
             tgt[b, :len(idx)] = torch.tensor(rows[b][1])[idx]
             x[b, P + idx] = model.mask_id
         logits = model(x.to(device), attn.to(device), positions=(rel + P).to(device))
-        logp = token_stats(logits, tgt.to(device))[0].cpu()
+        logp = gather_logprobs(log_probs(logits), tgt.to(device)).cpu()
         for b in range(len(rows)):
             out.append(float(-(logp[b][valid[b]]).mean()))
     return out
@@ -169,13 +166,6 @@ def ce_vs_mask_ratio(model, records, ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 
     return res
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     from .models import load_adapter, load_model
     from .trajectories import load_trajectories
@@ -202,7 +192,7 @@ def main(argv=None) -> int:
     result = tds(model, rows, progress=True)
     if args.ce:
         result["ce_curve"] = ce_vs_mask_ratio(model, rows)
-    _write_json(Path(args.out), result)
+    atomic_write_json(args.out, result)
     print(f"[tds] {result['tds']:.4f} over {result['n_trajectories']} trajectories -> {args.out}")
     return 0
 

@@ -44,8 +44,9 @@ from pathlib import Path
 
 import torch
 
-from .objectives import (dinfer_loss, dinfer_view, pack, sft_loss, sft_view, t3d_loss, t3d_view,
-                         tabom_loss, tabom_view, token_stats)
+from .objectives import (dinfer_loss, dinfer_view, entropy_of, gather_logprobs, log_probs, pack,
+                         sft_loss, sft_view, t3d_loss, t3d_view, tabom_loss, tabom_view)
+from .utils import atomic_write_json, parse_overrides
 
 TRAIN_METHODS = ("sft_gt", "sft_sd", "dinfer", "t3d", "tabom")
 METHOD_LABELS = {"sft_gt": "SFT-GT", "sft_sd": "SFT-SD", "dinfer": "dInfer", "t3d": "T3D", "tabom": "TABOM"}
@@ -299,18 +300,15 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generato
     tgt = resp.gather(1, idx)
     logits = model(x, batch["attention_mask"], positions=positions)
 
+    logp_all = log_probs(logits)  # one fp32 log-softmax over the K target rows
+    logp = gather_logprobs(logp_all, tgt)
     if method in ("sft_gt", "sft_sd"):
-        logp, _ = token_stats(logits, tgt)
         return sft_loss(logp, valid, p_mask.to(device), batch["lengths"].to(device))
     if method == "dinfer":
-        logp, _ = token_stats(logits, tgt)
         return dinfer_loss(logp, valid)
     if method == "tabom":
-        logp, _ = token_stats(logits, tgt)
-        if cfg.entropy_temperature != 1.0:
-            _, ent = token_stats(logits, tgt, cfg.entropy_temperature)
-        else:
-            _, ent = token_stats(logits, tgt)
+        t = cfg.entropy_temperature
+        ent = entropy_of(logp_all if t == 1.0 else log_probs(logits, t))
         steps = batch["steps"].to(device).gather(1, idx)
         return tabom_loss(logp, ent, steps, valid, cfg.lam, cfg.margin, cfg.pair_tie_tol)
     # t3d: reference = the base model (adapter switched off), no gradient
@@ -318,12 +316,12 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generato
         raise ValueError("t3d needs a LoRA adapter (its frozen reference is the base with the adapter off)")
     with torch.no_grad(), dlm.peft_model.disable_adapter():
         ref_logits = dlm(x, batch["attention_mask"], positions=positions).float()
-    ref_logits[..., dlm.mask_id] = float("-inf")
-    fake = ref_logits.argmax(-1)
-    lp_real, _ = token_stats(logits, tgt)
-    lp_fake, _ = token_stats(logits, fake)
-    lp_real_ref, _ = token_stats(ref_logits, tgt)
-    lp_fake_ref, _ = token_stats(ref_logits, fake)
+    # fakes = the reference's argmax, never the mask token; both models score
+    # them over the same (full) vocabulary, so d = 0 while the adapter is zero
+    fake = ref_logits.index_fill(-1, torch.tensor([dlm.mask_id], device=device), float("-inf")).argmax(-1)
+    ref_all = log_probs(ref_logits)
+    lp_real, lp_fake = logp, gather_logprobs(logp_all, fake)
+    lp_real_ref, lp_fake_ref = gather_logprobs(ref_all, tgt), gather_logprobs(ref_all, fake)
     rank = batch["order"].to(device).gather(1, idx)
     return t3d_loss(lp_real, lp_real_ref, lp_fake, lp_fake_ref, valid, rank, cfg.beta, cfg.alpha,
                     cfg.lambda_path, cfg.path_k)
@@ -341,12 +339,6 @@ def _latest_checkpoint(out: Path) -> Path | None:
     ckpts = [p for p in (out / "checkpoints").glob("step-*") if p.is_dir() and
              (p / "trainer_state.json").is_file()]
     return max(ckpts, key=lambda p: int(p.name.split("-")[1])) if ckpts else None
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True,
@@ -431,7 +423,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         if acc.is_main_process:
-            _atomic_json(tmp / "trainer_state.json", state)
+            atomic_write_json(tmp / "trainer_state.json", state)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -520,7 +512,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
                "seconds_last_run": round(time.perf_counter() - t0, 2), "config": cfg.to_dict(),
                "adapter": str(out / "adapter")}
     if acc.is_main_process:
-        _atomic_json(out / "train_summary.json", summary)
+        atomic_write_json(out / "train_summary.json", summary)
     acc.wait_for_everyone()
     return summary
 
@@ -528,12 +520,6 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
 def read_log(output_dir: str | Path) -> list[dict]:
     path = Path(output_dir) / "log.jsonl"
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
-
-
-def _parse_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 def main(argv=None) -> int:
@@ -544,12 +530,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    over = {}
-    for item in args.set:
-        k, sep, v = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected KEY=VALUE")
-        over[k] = _parse_value(v)
+    try:
+        over = parse_overrides(args.set)
+    except ValueError as e:
+        ap.error(str(e))
     cfg = TrainConfig.from_file(args.config, **over)
     summary = train(cfg, progress=not args.no_progress, resume=not args.no_resume)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tabom.models import (add_lora, adapted_module_names, load_adapter, load_model, merge_adapter,
-                          save_adapter)
+                          save_adapter, unload_adapter)
 
 
 def test_lora_train_save_reload_merge(tiny_checkpoints, family, tmp_path):
@@ -47,6 +47,11 @@ def test_lora_train_save_reload_merge(tiny_checkpoints, family, tmp_path):
         assert torch.allclose(fresh(ids), trained, atol=1e-5)
         with fresh.peft_model.disable_adapter():
             assert torch.allclose(fresh(ids), base, atol=1e-6)
+    unload_adapter(fresh)  # back to the base weights, ready for another adapter
+    assert adapted_module_names(fresh) == [] and fresh.peft_model is None
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), base)
+    load_adapter(fresh, tmp_path / "adapter")
     merge_adapter(fresh)
     assert adapted_module_names(fresh) == []
     with torch.no_grad():

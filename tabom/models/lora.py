@@ -104,6 +104,17 @@ def merge_adapter(model: DiffusionLM) -> DiffusionLM:
     return model
 
 
+def unload_adapter(model: DiffusionLM) -> DiffusionLM:
+    """Remove the adapter without merging it: ``model`` is the base again, so
+    another adapter can be loaded onto the same weights (no reload)."""
+    if model.peft_model is None:
+        raise ValueError("the model carries no adapter to unload")
+    model.backbone = model.peft_model.unload()
+    model.peft_model = None
+    model.adapter_path = None
+    return model
+
+
 def save_adapter(model: DiffusionLM, directory: str | Path) -> Path:
     if model.peft_model is None:
         raise ValueError("the model carries no adapter to save")
