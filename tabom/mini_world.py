@@ -17,11 +17,15 @@ constant must be computed (``x plus 3 plus 4`` -> ``return x + 7``) rather
 than copied from the text.
 
 Two solution styles per problem. The pretraining corpus teaches a compact
-style (``3+4=7. 7-2=5. #### 5``; ``return x * 3 + 2``). The ground-truth
-solutions of the training split are written in a different, wordier style
-(``Ann starts with 3. ... So the answer is 5.`` / a ``result`` variable), so
-SFT-GT pulls the model away from the distribution it decodes from -- the
-situation the paper describes -- while self-distilled answers stay on it.
+style (``3+4=7. 7-2=5. #### 5``; ``return x * 3 + 2``). The
+ground-truth solutions of the training split use another notation
+(``3 + 4 = 7`` / ``7 - 2 = 5`` on separate lines, ``x`` for times, then
+``#### 5``; ``f = lambda x: x * 3 + 2``), so SFT-GT pulls the model away from
+the distribution it decodes from -- the situation the paper describes --
+while self-distilled answers stay on it. Both styles fit the 48-token
+evaluation canvas (byte-level tokens: ground truth at most 43 tokens with
+its end-of-turn, median 29 for math and 24 for code), so SFT-GT is measured
+on answers it can complete, not on truncation.
 
 Splits are disjoint by construction: every problem's split is decided by a
 hash of its prompt text (``test`` about 1/6, ``train`` (queries) about 1/3,
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 NAMES = ("Ann", "Ben", "Cal", "Dee", "Eve", "Gus", "Ivy", "Max", "Sam", "Zoe")
@@ -51,7 +56,7 @@ def split_of(prompt: str) -> str:
 @dataclass(frozen=True)
 class MathProblem:
     question: str
-    answer: str  # ground-truth solution (training style), ends with "#### N"
+    answer: str  # ground-truth solution (its own notation), ends with "#### N"
     pretrain_answer: str  # compact style of the pretraining corpus
     final: int
     steps: int
@@ -67,25 +72,22 @@ def _math_problem(rng: random.Random) -> MathProblem:
         total = a * b
         q = f"Each box has {a} {item}. {name} buys {b} boxes"
         eq = [f"{a}*{b}={total}"]
-        words = [f"{b} boxes of {a} make {total}"]
         for _ in range(steps - 1):
             c = rng.randint(1, min(hi, total - 1)) if total > 1 and rng.random() < 0.5 else -rng.randint(1, hi)
             if c > 0:
                 q += f" and gives away {c}"
                 eq.append(f"{total}-{c}={total - c}")
-                words.append(f"giving away {c} leaves {total - c}")
                 total -= c
             else:
                 q += f" and finds {-c} more"
                 eq.append(f"{total}+{-c}={total - c}")
-                words.append(f"finding {-c} more makes {total - c}")
                 total -= c
         q += f". How many {item} does {name} have?"
     else:
         a = rng.randint(2, hi)
         total = a
         q = f"{name} has {a} {item}."
-        eq, words = [], [f"{name} starts with {a}"]
+        eq = []
         n_ops = 1 if kind in ("add", "sub") else steps
         for i in range(n_ops):
             op = kind if kind in ("add", "sub") else rng.choice(("add", "sub"))
@@ -93,18 +95,22 @@ def _math_problem(rng: random.Random) -> MathProblem:
                 c = rng.randint(1, total - 1)
                 q += f" {'Then ' if i else ''}{name} gives away {c}." if i else f" {name} gives away {c}."
                 eq.append(f"{total}-{c}={total - c}")
-                words.append(f"after giving away {c} there are {total - c}")
                 total -= c
             else:
                 c = rng.randint(1, hi)
                 q += f" Then {name} gets {c} more." if i else f" {name} gets {c} more."
                 eq.append(f"{total}+{c}={total + c}")
-                words.append(f"after getting {c} more there are {total + c}")
                 total += c
         q += f" How many {item} does {name} have?"
     pre = ". ".join(eq) + f". #### {total}"
-    gt = ", ".join(words).capitalize() + f". So the answer is {total}.\n#### {total}"
+    gt = "\n".join(_spaced(e) for e in eq) + f"\n#### {total}" if eq else f"#### {total}"
     return MathProblem(q, gt, pre, total, len(eq))
+
+
+def _spaced(equation: str) -> str:
+    """The ground-truth notation of one pretraining equation: ``6*3=18`` ->
+    ``6 x 3 = 18`` (spaced operators, ``x`` for times, one step per line)."""
+    return re.sub(r"([*+=-])", lambda m: {"*": " x "}.get(m.group(1), f" {m.group(1)} "), equation)
 
 
 # ---------------------------------------------------------------- mini_code
@@ -169,7 +175,7 @@ def _code_problem(rng: random.Random) -> CodeProblem:
         text = f"Write a function {f}(s) that returns {desc}."
         inputs = ["".join(rng.choice("abcxyz") for _ in range(rng.randint(1, 3))) for _ in range(3)]
     pre = f"def {f}({args}):\n    return {expr}"
-    gt = f"def {f}({args}):\n    result = {expr}\n    return result"
+    gt = f"{f} = lambda {args}: {expr}"
     namespace: dict = {}
     exec(pre, namespace)  # noqa: S102 -- our own generated reference code
     fn_obj = namespace[f]

@@ -40,8 +40,23 @@ def test_answer_formats():
         assert r["answer"].endswith(f"#### {r['final']}") and r["pretrain_answer"].endswith(f"#### {r['final']}")
         assert r["answer"] != r["pretrain_answer"]  # ground truth is written in another style
     for r in code_records("test", 100):
-        assert r["code"].startswith(f"def {r['entry_point']}(") and len(r["test_list"]) == 3
-        assert "result" in r["code"] and "result" not in r["pretrain_code"]
+        assert r["code"].startswith(f"{r['entry_point']} = lambda ") and len(r["test_list"]) == 3
+        assert r["pretrain_code"].startswith(f"def {r['entry_point']}(")
+
+
+def test_ground_truth_fits_the_evaluation_canvas():
+    """SFT-GT must be measured on answers that fit the 48-token canvas of the
+    mini tasks (answer tokens + the end-of-turn token), not on truncation."""
+    import re
+
+    canvases = {int(re.search(r"max_gen_toks: (\d+)", (REPO / "tasks" / f).read_text()).group(1))
+                for f in ("mini_math.yaml", "mini_code.yaml")}
+    assert canvases == {48}
+    gen_length = 48
+    tok = build_tokenizer("llada")
+    for recs, key in ((math_records("train", 1000), "answer"), (code_records("train", 1000), "code")):
+        fits = [len(tok(r[key], add_special_tokens=False)["input_ids"]) + 1 <= gen_length for r in recs]
+        assert sum(fits) / len(fits) >= 0.95, key
 
 
 def test_tokenizer_round_trips_every_string():
