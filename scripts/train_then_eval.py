@@ -74,6 +74,10 @@ def load_pipeline_config(path: Path) -> dict:
     for key in ("name", "base", "domains", "distill", "train", "eval"):
         if key not in cfg:
             raise SystemExit(f"--config {path}: missing required key {key!r}")
+    # an inheriting config drops a parent's domain with `<domain>: null`
+    cfg["domains"] = {d: spec for d, spec in (cfg["domains"] or {}).items() if spec is not None}
+    if not cfg["domains"]:
+        raise SystemExit(f"--config {path}: domains must name at least one training domain")
     for dom, spec in cfg["domains"].items():
         for need in ("sources", "tasks"):
             if not spec.get(need):
@@ -106,78 +110,132 @@ def _git_revision() -> str:
 
 
 # --------------------------------------------------------------- the plan
+def _seeds(cfg: dict) -> list:
+    """``train.seeds``: the training seeds of every method (None: the
+    configs' own seed, run ids without a seed suffix)."""
+    seeds = cfg["train"].get("seeds")
+    if seeds is None:
+        return [None]
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        raise SystemExit(f"train.seeds={seeds!r}: must be a non-empty list of distinct integers")
+    return seeds
+
+
 def plan(cfg: dict, run: Path) -> dict:
-    """Every training run and every evaluation of the config."""
+    """Every training run and every evaluation of the config.
+
+    Training runs are identified by their resolved training config: a run
+    asked for twice (the main TABOM run is also the ablation's local window
+    with ranking, and the lambda curve's default lambda) is trained once.
+    With several ``train.seeds`` the main table trains every method with
+    every seed (ids ``<method>_<domain>_s<seed>``); the lambda curve uses
+    every seed unless ``lambda_curve.seeds: first``; parallel decoding, the
+    ablation, the grid and the window sweep use the first seed.
+    """
     domains = list(cfg["domains"])
     all_tasks = [t for d in domains for t in cfg["domains"][d]["tasks"]] + list(cfg["eval"].get("ood_extra", []))
     methods = cfg["train"].get("methods", list(LABELS))
-    trains, evals = [], []
+    seeds = _seeds(cfg)
+    first = seeds[0]
+    sfx = (lambda sd: f"_s{sd}") if len(seeds) > 1 else (lambda sd: "")  # noqa: E731
+    trains, evals, by_config = [], [], {}
 
-    def add_train(tid, method, domain, over=None):
-        trains.append({"id": tid, "method": method, "domain": domain, "overrides": over or {},
-                       "out": run / "train" / tid})
+    def add_train(tid, method, domain, over=None, seed=None):
+        """Register a training run; returns the id of the run that trains it."""
+        over = dict(over or {})
+        if seed is not None:
+            over["seed"] = int(seed)
+        resolved = _train_defaults(cfg, method, domain)
+        resolved.update(over)
+        key = (method, domain, json.dumps(resolved, sort_keys=True, default=str))
+        if key not in by_config:
+            by_config[key] = tid
+            trains.append({"id": tid, "method": method, "domain": domain, "overrides": over,
+                           "seed": seed, "out": run / "train" / tid})
+        return by_config[key]
 
-    evals.append({"id": "no_sft", "method": "No-SFT", "domain": None, "kind": "main", "adapter": None,
-                  "tasks": all_tasks, "decoder": {}, "params": {}})
+    def add_eval(eid, method, domain, kind, adapter, tasks, decoder=None, params=None, seed=None):
+        evals.append({"id": eid, "method": method, "domain": domain, "kind": kind, "adapter": adapter,
+                      "tasks": list(tasks), "decoder": decoder or {}, "params": params or {}, "seed": seed})
+        return evals[-1]
+
+    add_eval("no_sft", "No-SFT", None, "main", None, all_tasks)
     for d in domains:
         for m in methods:
-            add_train(f"{m}_{d}", m, d)
-            evals.append({"id": f"{m}_{d}", "method": LABELS[m], "domain": d, "kind": "main",
-                          "adapter": f"{m}_{d}", "tasks": all_tasks, "decoder": {}, "params": {}})
+            for sd in seeds:
+                tid = add_train(f"{m}_{d}{sfx(sd)}", m, d, seed=sd)
+                add_eval(tid, LABELS[m], d, "main", tid, all_tasks, seed=sd)
+    dom_tasks = [t for d in domains for t in cfg["domains"][d]["tasks"]]
     par = cfg.get("parallel") or {}
     if par:
         k = int(par.get("tokens_per_step", 2))
-        dom_tasks = [t for d in domains for t in cfg["domains"][d]["tasks"]]
-        evals.append({"id": f"no_sft_k{k}", "method": "No-SFT", "domain": None, "kind": "parallel",
-                      "adapter": None, "tasks": dom_tasks, "decoder": {"tokens_per_step": k},
-                      "params": {"tokens_per_step": k}})
+        dec = {"tokens_per_step": k}
+        add_eval(f"no_sft_k{k}", "No-SFT", None, "parallel", None, dom_tasks, dec, dict(dec))
         for d in par.get("domains", domains):
             for m in par.get("methods", methods):
-                evals.append({"id": f"{m}_{d}_k{k}", "method": LABELS[m], "domain": d, "kind": "parallel",
-                              "adapter": f"{m}_{d}", "tasks": dom_tasks, "decoder": {"tokens_per_step": k},
-                              "params": {"tokens_per_step": k}})
+                tid = add_train(f"{m}_{d}{sfx(first)}", m, d, seed=first)
+                add_eval(f"{m}_{d}_k{k}", LABELS[m], d, "parallel", tid, dom_tasks, dec, dict(dec), first)
     main_tabom = _train_defaults(cfg, "tabom", domains[0])
+    lam0 = float(main_tabom.get("lam", 1.0))
     abl = cfg.get("ablation") or {}
     if abl:
         d = abl.get("domain", domains[0])
-        for mode in ("global", "local"):
-            for lam in (0.0, float(main_tabom.get("lam", 1.0))):
-                tid = f"abl_{mode}_{'rank' if lam else 'recon'}_{d}"
-                if mode == "local" and lam:
-                    tid = f"tabom_{d}"  # the main TABOM run
-                else:
-                    add_train(tid, "tabom", d, {"window_mode": mode, "lam": lam})
-                evals.append({"id": f"abl_{mode}_{'rank' if lam else 'recon'}_{d}", "method": "TABOM",
-                              "domain": d, "kind": "ablation", "adapter": tid, "tasks": all_tasks,
-                              "decoder": {}, "params": {"window_mode": mode, "lambda": lam}})
+        rows = [(mode, lam, main_tabom.get("pad_keep")) for mode in ("global", "local") for lam in (0.0, lam0)]
+        if abl.get("padding", True) and main_tabom.get("pad_keep") is not None:
+            rows.append(("local", lam0, None))  # the same objective with every padding token kept
+        for mode, lam, pad in rows:
+            eid = f"abl_{mode}_{'rank' if lam else 'recon'}" + ("_allpad" if pad is None and
+                                                              main_tabom.get("pad_keep") is not None else "")
+            over = {"window_mode": mode, "lam": lam}
+            if "pad_keep" in main_tabom:
+                over["pad_keep"] = pad
+            tid = add_train(f"{eid}_{d}{sfx(first)}", "tabom", d, over, first)
+            params = {"window_mode": mode, "lambda": lam}
+            if "pad_keep" in main_tabom:
+                params["pad_keep"] = pad
+            add_eval(f"{eid}_{d}", "TABOM", d, "ablation", tid, all_tasks, params=params, seed=first)
     grid = cfg.get("grid") or {}
     if grid:
         d = grid.get("domain", domains[0])
-        base_lm = (float(main_tabom.get("lam", 1.0)), float(main_tabom.get("margin", 0.2)))
         for lam in grid.get("lam", [1.0, 2.0]):
             for mg in grid.get("margin", [0.1, 0.2, 0.3]):
-                tid = f"tabom_{d}" if (float(lam), float(mg)) == base_lm else f"grid_l{lam}_m{mg}_{d}"
-                if tid != f"tabom_{d}":
-                    add_train(tid, "tabom", d, {"lam": float(lam), "margin": float(mg)})
-                evals.append({"id": f"grid_l{lam}_m{mg}_{d}", "method": "TABOM", "domain": d, "kind": "grid",
-                              "adapter": tid, "tasks": cfg["domains"][d]["tasks"], "decoder": {},
-                              "params": {"lambda": float(lam), "margin": float(mg)}})
+                tid = add_train(f"grid_l{lam}_m{mg}_{d}{sfx(first)}", "tabom", d,
+                                {"lam": float(lam), "margin": float(mg)}, first)
+                add_eval(f"grid_l{lam}_m{mg}_{d}", "TABOM", d, "grid", tid, cfg["domains"][d]["tasks"],
+                         params={"lambda": float(lam), "margin": float(mg)}, seed=first)
     win = cfg.get("window_sweep") or {}
     if win:
         d = win.get("domain", domains[0])
         for w in win.get("windows", []):
-            tid = f"tabom_{d}" if int(w) == int(main_tabom.get("window", 32)) else f"win_{w}_{d}"
-            if tid != f"tabom_{d}":
-                add_train(tid, "tabom", d, {"window": int(w)})
-            evals.append({"id": f"win_{w}_{d}", "method": "TABOM", "domain": d, "kind": "window",
-                          "adapter": tid, "tasks": cfg["domains"][d]["tasks"], "decoder": {},
-                          "params": {"window": int(w)}})
-    # evaluations that share a model, decoder and tasks share one lm-eval run
-    seen = {}
+            over = {"window": int(w)}
+            if main_tabom.get("window_frac") is not None:
+                over["window_frac"] = None  # an absolute window replaces the canvas fraction
+            tid = add_train(f"win_{w}_{d}{sfx(first)}", "tabom", d, over, first)
+            add_eval(f"win_{w}_{d}", "TABOM", d, "window", tid, cfg["domains"][d]["tasks"],
+                     params={"window": int(w)}, seed=first)
+    curve = cfg.get("lambda_curve") or {}
+    if curve:
+        d = curve.get("domain", domains[0])
+        c_seeds = seeds if curve.get("seeds", "all") == "all" else [first]
+        for lam in curve.get("values", [0.0, 0.5, 1.0, 2.0]):
+            for sd in c_seeds:
+                tid = add_train(f"lam{float(lam):g}_{d}{sfx(sd)}", "tabom", d, {"lam": float(lam)}, sd)
+                e = add_eval(f"lam{float(lam):g}_{d}{sfx(sd)}", "TABOM", d, "lambda", tid,
+                             cfg["domains"][d]["tasks"], params={"lambda": float(lam)}, seed=sd)
+                e["tds"] = f"tds/{tid}.json"
+    # an evaluation reuses an earlier lm-eval run of the same adapter and
+    # decoder whose tasks include its own
+    done = []
     for e in evals:
-        key = (e["adapter"], json.dumps(e["decoder"], sort_keys=True), tuple(e["tasks"]))
-        e["results"] = seen.setdefault(key, run / "eval" / e["id"] / "results.json")
-    return {"trains": trains, "evals": evals, "all_tasks": all_tasks}
+        key = (e["adapter"], json.dumps(e["decoder"], sort_keys=True))
+        prior = next((p for p in done if p[0] == key and set(e["tasks"]) <= set(p[1])), None)
+        if prior:
+            e["results"] = prior[2]
+        else:
+            e["results"] = run / "eval" / e["id"] / "results.json"
+            done.append((key, e["tasks"], e["results"]))
+    return {"trains": trains, "evals": evals, "all_tasks": all_tasks, "seeds": seeds}
 
 
 def _train_defaults(cfg: dict, method: str, domain: str) -> dict:
@@ -239,7 +297,8 @@ def _model_args(cfg: dict, base, adapter: Path | None, decoder: dict) -> str:
 def run_eval(cfg: dict, base, e: dict, run: Path, force: bool, stage: str) -> bool:
     """One lm-eval run; returns True when it ran (False: skipped)."""
     out = e["results"]
-    if out.exists() and not force:
+    samples_out = out.parent / "samples.json"
+    if out.exists() and samples_out.exists() and not force:
         return False
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -255,14 +314,40 @@ def run_eval(cfg: dict, base, e: dict, run: Path, force: bool, stage: str) -> bo
     res = lm_eval.simple_evaluate(model="tabom_dlm", model_args=_model_args(cfg, base, adapter, e["decoder"]),
                                   tasks=list(e["tasks"]), task_manager=tm, apply_chat_template=True,
                                   confirm_run_unsafe_code=True, limit=cfg["eval"].get("limit"),
-                                  log_samples=False)
+                                  log_samples=True)
     if res is None:  # a non-main process under accelerate launch: rank 0 writes
         return True
-    res.pop("samples", None)
+    # per-sample correctness first (results.json, written last, marks the run done)
+    atomic_json(samples_out, compact_samples(res.pop("samples", {}) or {}))
     atomic_write_text(out, json.dumps(res, indent=1, default=handle_non_serializable))
     scores = ", ".join(f"{t} {100 * res['results'][t]['score,none']:.1f}" for t in e["tasks"])
     say(stage, f"{e['id']}: {scores} ({time.perf_counter() - t0:.0f} s)")
     return True
+
+
+def compact_samples(samples: dict) -> dict:
+    """lm-eval's logged samples -> {"tasks": {task: {"doc_id", "score", "out"}}}:
+    per problem (sorted by doc id) its ``score`` metric and an 8-hex hash of
+    the raw generation, enough for paired tests and for counting the outputs
+    an adapter changed, without keeping the texts."""
+    import hashlib
+
+    out = {}
+    for task, rows in samples.items():
+        filters = sorted({r.get("filter", "none") for r in rows})
+        keep = "none" if "none" in filters else filters[0]
+        by_doc = {}
+        for r in rows:
+            if r.get("filter", "none") != keep:
+                continue
+            if "score" not in r:
+                raise SystemExit(f"[eval] task {task}: logged samples carry no 'score' metric "
+                                 f"(metrics: {r.get('metrics')}); paired statistics need it")
+            text = json.dumps(r.get("resps"), sort_keys=True, default=str)
+            by_doc[int(r["doc_id"])] = (float(r["score"]), hashlib.sha1(text.encode()).hexdigest()[:8])
+        ids = sorted(by_doc)
+        out[task] = {"doc_id": ids, "score": [by_doc[i][0] for i in ids], "out": [by_doc[i][1] for i in ids]}
+    return {"tasks": out}
 
 
 def stage_eval(cfg, base, run, pl, force) -> None:
@@ -370,16 +455,33 @@ def stage_eval_trained(cfg, base, run, pl, force) -> None:
 
 
 def _tds_entries(cfg, pl) -> list[dict]:
+    """TDS files to compute: the base and each ``tds.methods`` adapter (every
+    seed) per domain, plus every adapter of the lambda curve. One file per
+    (adapter, domain): ``tds/<adapter id>.json`` (``tds/base_<domain>.json``)."""
     tcfg = cfg.get("tds") or {}
-    out = []
+    out, seen = [], set()
+
+    def add(ent):
+        if ent["file"] not in seen:
+            seen.add(ent["file"])
+            out.append(ent)
+
     for d in cfg["domains"]:
         # held-out queries of the domain's training sources (not the test tasks)
         dataset = "+".join(str(s).partition(":")[0] for s in cfg["domains"][d]["sources"]) + " (held-out)"
         for m in tcfg.get("methods", ["base", "sft_sd", "tabom"]):
-            label = "Base" if m == "base" else LABELS[m]
-            out.append({"method": label, "dataset": dataset, "domain": d,
-                        "adapter": None if m == "base" else f"{m}_{d}",
-                        "file": f"tds/{m}_{d}.json"})
+            if m == "base":
+                add({"method": "Base", "dataset": dataset, "domain": d, "adapter": None, "seed": None,
+                     "file": f"tds/base_{d}.json", "table": True})
+                continue
+            for e in pl["evals"]:
+                if e["kind"] == "main" and e["domain"] == d and e["method"] == LABELS[m]:
+                    add({"method": LABELS[m], "dataset": dataset, "domain": d, "adapter": e["adapter"],
+                         "seed": e["seed"], "file": f"tds/{e['adapter']}.json", "table": True})
+        for e in pl["evals"]:
+            if e["kind"] == "lambda" and e["domain"] == d:
+                add({"method": "TABOM", "dataset": dataset, "domain": d, "adapter": e["adapter"],
+                     "seed": e["seed"], "file": e["tds"], "table": False})
     return out
 
 
@@ -394,6 +496,8 @@ def stage_tds(cfg, base, run, pl, force) -> None:
     if not tcfg:
         say("tds", "skipped: no tds section in the config")
         return
+    if not int(tcfg.get("n", 0)):
+        raise SystemExit("[tds] tds.n must be >= 1: TDS is computed on that many held-out queries per domain")
     model = None  # the base, loaded once; adapters are attached and removed in turn
     for ent in _tds_entries(cfg, pl):
         out = run / ent["file"]
@@ -437,20 +541,38 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
     snap = out_dir / cfg["name"]
     runs = []
     copied = set()
+    for old in ("results", "samples", "tds"):  # the snapshot holds this run only
+        if (snap / old).is_dir():
+            shutil.rmtree(snap / old)
     for e in pl["evals"]:
-        rel = f"results/{e['results'].parent.name}.json"
+        name = e["results"].parent.name
+        rel, srel = f"results/{name}.json", f"samples/{name}.json"
         if rel not in copied:
             data = json.loads(e["results"].read_text())
             atomic_json(snap / rel, _slim_results(data))
+            samples = e["results"].parent / "samples.json"
+            if samples.exists():
+                atomic_json(snap / srel, json.loads(samples.read_text()))
             copied.add(rel)
-        runs.append({"id": e["id"], "method": e["method"], "domain": e["domain"], "kind": e["kind"],
-                     "params": e["params"], "results": rel})
+        entry = {"id": e["id"], "method": e["method"], "domain": e["domain"], "kind": e["kind"],
+                 "params": e["params"], "results": rel}
+        if (snap / srel).exists():
+            entry["samples"] = srel
+        if e["seed"] is not None:
+            entry["seed"] = e["seed"]
+        if e.get("tds") and (run / e["tds"]).exists():
+            atomic_json(snap / e["tds"], json.loads((run / e["tds"]).read_text()))
+            entry["tds"] = e["tds"]
+        runs.append(entry)
     tds_entries = []
     for ent in _tds_entries(cfg, pl) if cfg.get("tds") else []:
         src = run / ent["file"]
-        if src.exists():
+        if src.exists() and ent["table"]:
             atomic_json(snap / ent["file"], json.loads(src.read_text()))
-            tds_entries.append({"method": ent["method"], "dataset": ent["dataset"], "file": ent["file"]})
+            t = {"method": ent["method"], "dataset": ent["dataset"], "file": ent["file"]}
+            if ent["seed"] is not None:
+                t["seed"] = ent["seed"]
+            tds_entries.append(t)
     manifest = {
         "name": cfg["name"], "title": cfg.get("title", cfg["name"]), "model": str(cfg["base"]),
         "family": json.loads((run / "base.json").read_text()).get("family", "?"),
@@ -459,6 +581,8 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
         "domains": {d: list(cfg["domains"][d]["tasks"]) for d in cfg["domains"]},
         "ood_extra": list(cfg["eval"].get("ood_extra", [])), "runs": runs, "tds": tds_entries,
     }
+    if cfg.get("note"):
+        manifest["note"] = str(cfg["note"]).strip()
     if cfg.get("task_labels"):
         manifest["task_labels"] = cfg["task_labels"]
     if cfg.get("reference"):
@@ -502,6 +626,21 @@ def _training_line(cfg: dict) -> dict:
     return {k: d[k] for k in keys if d.get(k) is not None}
 
 
+def print_plan(pl: dict, run: Path) -> None:
+    seeds = [s for s in pl["seeds"] if s is not None]
+    print(f"run folder {run}; seeds: {seeds or 'the configs own'}")
+    print(f"{len(pl['trains'])} training runs:")
+    for t in pl["trains"]:
+        extra = ", ".join(f"{k}={v}" for k, v in t["overrides"].items())
+        print(f"  {t['id']:<28} {t['method']:<7} {t['domain']:<6} {extra}")
+    lm_runs = {str(e["results"]) for e in pl["evals"]}
+    print(f"{len(pl['evals'])} table entries from {len(lm_runs)} lm-eval runs:")
+    for e in pl["evals"]:
+        dec = ", ".join(f"{k}={v}" for k, v in e["decoder"].items())
+        print(f"  {e['id']:<28} {e['kind']:<9} {e['adapter'] or 'base':<28} {'+'.join(e['tasks'])} {dec}"
+              f"  -> {Path(e['results']).parent.name}")
+
+
 # ------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -513,6 +652,8 @@ def main(argv=None) -> int:
     ap.add_argument("--leaderboard-dir", default=None,
                     help="where leaderboards go (default: the config's leaderboard_dir, else leaderboards/)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems per task")
+    ap.add_argument("--plan", action="store_true",
+                    help="print the training runs and evaluations the config asks for, then exit")
     args = ap.parse_args(argv)
     cfg = load_pipeline_config(Path(args.config))
     if args.limit is not None:
@@ -520,6 +661,9 @@ def main(argv=None) -> int:
     if args.leaderboard_dir:
         cfg["leaderboard_dir"] = str(Path(args.leaderboard_dir).resolve())
     run = Path(args.run_dir) if args.run_dir else _resolve(cfg.get("run_dir", f"runs/{cfg['name']}"))
+    if args.plan:
+        print_plan(plan(cfg, run), run)
+        return 0
     run.mkdir(parents=True, exist_ok=True)
     for k, v in (cfg.get("env") or {}).items():
         os.environ[str(k)] = str(v)

@@ -131,3 +131,76 @@ def test_committed_mini_leaderboard_regenerates_from_its_result_files(tmp_path):
     assert "–" not in committed
     for png in ("mini_tds.png", "mini_ce.png"):
         assert (REPO / "leaderboards" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ the plan
+def _load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_then_eval", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plan_trains_each_method_with_every_seed_and_dedupes_shared_runs(tmp_path):
+    T = _load_script()
+    cfg = T.load_pipeline_config(MICRO)
+    pl = T.plan(cfg, tmp_path)
+    seeds = cfg["train"]["seeds"]
+    assert pl["seeds"] == seeds == [0, 1]
+    main = [e for e in pl["evals"] if e["kind"] == "main" and e["adapter"]]
+    assert len(main) == 5 * 2 * len(seeds)  # methods x domains x seeds
+    by_id = {t["id"]: t for t in pl["trains"]}
+    for e in main:
+        t = by_id[e["adapter"]]
+        assert t["overrides"]["seed"] == e["seed"] and e["id"].endswith(f"_s{e['seed']}")
+    # training runs are unique by their resolved config: the ablation's
+    # local-window-with-ranking row and the lambda curve's default lambda
+    # reuse the main TABOM run of the first seed
+    assert len({t["id"] for t in pl["trains"]}) == len(pl["trains"])
+    abl = {e["id"]: e for e in pl["evals"] if e["kind"] == "ablation"}
+    assert abl["abl_local_rank_math"]["adapter"] == "tabom_math_s0"
+    lam = {e["params"]["lambda"]: e for e in pl["evals"] if e["kind"] == "lambda"}
+    assert lam[1.0]["adapter"] == "tabom_math_s0" and lam[0.0]["adapter"] == abl["abl_local_recon_math"]["adapter"]
+    # an evaluation whose tasks a run of the same adapter and decoder covers reuses its results
+    assert lam[1.0]["results"] == next(e["results"] for e in main if e["id"] == "tabom_math_s0")
+    ids = [t["id"] for t in pl["trains"]]
+    assert not any(i.startswith("lam1_") for i in ids)
+
+
+def test_plan_without_seeds_keeps_the_plain_ids(tmp_path):
+    T = _load_script()
+    cfg = T.load_pipeline_config(MICRO)
+    cfg["train"].pop("seeds")
+    pl = T.plan(cfg, tmp_path)
+    assert pl["seeds"] == [None]
+    assert {"tabom_math", "sft_gt_code"} <= {t["id"] for t in pl["trains"]}
+    assert all("seed" not in t["overrides"] for t in pl["trains"])
+    cfg["train"]["seeds"] = [1, 1]
+    with pytest.raises(SystemExit, match="train.seeds"):
+        T.plan(cfg, tmp_path)
+
+
+def test_compact_samples_keeps_score_and_output_hash_per_problem():
+    T = _load_script()
+    rows = [{"doc_id": 2, "filter": "none", "score": 1.0, "resps": [["#### 4"]], "metrics": ["score"]},
+            {"doc_id": 0, "filter": "none", "score": 0.0, "resps": [["#### 5"]], "metrics": ["score"]},
+            {"doc_id": 1, "filter": "none", "score": 1.0, "resps": [["#### 4"]], "metrics": ["score"]},
+            {"doc_id": 0, "filter": "other", "score": 1.0, "resps": [["x"]], "metrics": ["score"]}]
+    out = T.compact_samples({"mini_math": rows})["tasks"]["mini_math"]
+    assert out["doc_id"] == [0, 1, 2] and out["score"] == [0.0, 1.0, 1.0]
+    assert len(out["out"]) == 3 and out["out"][1] == out["out"][2] != out["out"][0]
+    assert all(len(h) == 8 for h in out["out"])
+    with pytest.raises(SystemExit, match="no 'score' metric"):
+        T.compact_samples({"t": [{"doc_id": 0, "filter": "none", "resps": [], "metrics": ["acc"]}]})
+
+
+def test_mini_full_preset_is_powered():
+    T = _load_script()
+    cfg = T.load_pipeline_config(REPO / "configs" / "pipeline" / "mini-full.yaml")
+    assert int(cfg["env"]["TABOM_MINI_N_TEST"]) >= 1000
+    assert len(cfg["train"]["seeds"]) >= 3
+    # about 23% of the base's mini_math answers verify: >= 1,000 valid trajectories
+    n_math = sum(int(s.split(":")[1]) for s in cfg["domains"]["math"]["sources"])
+    assert n_math * 0.21 >= 1000
