@@ -1,9 +1,12 @@
 """tabom_eval.leaderboard: run folder -> markdown leaderboards + PNG plots.
 
 The fixture run folder (tests/data/leaderboard/) holds hand-made lm-eval result
-files; expected.md was written by hand from those numbers (deltas and averages
-computed by hand), so a byte-for-byte comparison catches arithmetic and
-formatting bugs.
+files; expected.md was first written by hand from those numbers (deltas and
+averages computed by hand), so a byte-for-byte comparison catches arithmetic and
+formatting bugs. The per-sample files (samples/, written by make_samples.py),
+the seed groups and the lambda runs were added later and expected.md was
+regenerated deliberately; its paired numbers are re-derived from the sample
+arrays by an independent computation (test_paired_delta_in_expected_recomputed_independently).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -31,7 +35,16 @@ DASH = "–"
 
 def _without_images(md: str) -> str:
     return md.replace("\n\n![Per-step TDS (Figure 2)](fixture_tds.png)", "").replace(
-        "\n\n![Cross-entropy vs mask ratio (Figure 3)](fixture_ce.png)", "")
+        "\n\n![Cross-entropy vs mask ratio (Figure 3)](fixture_ce.png)", "").replace(
+        "\n\n![In-domain score and TDS vs λ](fixture_lambda.png)", "")
+
+
+def _run_index(m: dict, rid: str) -> int:
+    return next(i for i, r in enumerate(m["runs"]) if r["id"] == rid)
+
+
+def _run(m: dict, rid: str) -> dict:
+    return m["runs"][_run_index(m, rid)]
 
 
 def _row(md: str, section: str, label: str) -> str:
@@ -92,12 +105,14 @@ MINI_RESULTS = {
 def test_build_matches_hand_written_expected(tmp_path):
     out = tmp_path / "lb"
     paths = L.build_leaderboard(FIXTURE, out)
-    assert paths == [out / "fixture.md", out / "fixture_tds.png", out / "fixture_ce.png"]
+    assert paths == [out / "fixture.md", out / "fixture_tds.png", out / "fixture_ce.png",
+                     out / "fixture_lambda.png"]
     assert (out / "fixture.md").read_bytes() == EXPECTED.encode("utf-8")
     assert DASH not in EXPECTED  # the complete case has no missing cell
     for png in paths[1:]:
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
-    assert sorted(p.name for p in out.iterdir()) == ["fixture.md", "fixture_ce.png", "fixture_tds.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["fixture.md", "fixture_ce.png", "fixture_lambda.png",
+                                                     "fixture_tds.png"]
 
 
 def test_render_markdown_matches_expected():
@@ -105,9 +120,12 @@ def test_render_markdown_matches_expected():
     results = L.load_results(FIXTURE, manifest)
     tds = L.load_tds(FIXTURE, manifest)
     ce = L.load_ce(FIXTURE, manifest)
-    images = {"tds": "fixture_tds.png", "ce": "fixture_ce.png"}
-    assert L.render_markdown(manifest, results, tds, ce, images) == EXPECTED
-    assert L.render_markdown(manifest, results, tds, ce) == _without_images(EXPECTED)
+    samples = L.load_samples(FIXTURE, manifest)
+    run_tds = L.load_run_tds(FIXTURE, manifest)
+    images = {"tds": "fixture_tds.png", "ce": "fixture_ce.png", "lambda": "fixture_lambda.png"}
+    assert L.render_markdown(manifest, results, tds, ce, images, samples, run_tds) == EXPECTED
+    assert L.render_markdown(manifest, results, tds, ce, samples=samples,
+                             run_tds=run_tds) == _without_images(EXPECTED)
 
 
 def test_no_plots_writes_markdown_only_and_is_deterministic(tmp_path):
@@ -341,7 +359,7 @@ def test_malformed_json_names_file(run_copy, tmp_path):
 
 def test_unknown_kind(run_copy, tmp_path):
     def edit(m):
-        m["runs"][3]["kind"] = "bogus"
+        _run(m, "sft_sd_math")["kind"] = "bogus"
     _edit_manifest(run_copy, edit)
     with pytest.raises(ValueError) as e:
         L.build_leaderboard(run_copy, tmp_path / "out")
@@ -350,13 +368,24 @@ def test_unknown_kind(run_copy, tmp_path):
 
 
 @pytest.mark.parametrize("edit,needle", [
-    (lambda m: m["runs"][1].update(domain="physics"), "domain 'physics'"),
-    (lambda m: m["runs"].append(dict(m["runs"][1], id="again")), "second main TABOM run"),
-    (lambda m: m["runs"][13].update(params={"window_mode": "local"}), "params.lambda"),
-    (lambda m: m["runs"][11]["params"].pop("tokens_per_step"), "tokens_per_step"),
+    (lambda m: _run(m, "tabom_math").update(domain="physics"), "domain 'physics'"),
+    (lambda m: m["runs"].append(dict(_run(m, "sft_gt_math"), id="again")), "second main SFT-GT run"),
+    (lambda m: m["runs"].append(dict(_run(m, "tabom_math"), id="again")),
+     "duplicate seed 0 in the group of run 'tabom_math'"),
+    (lambda m: m["runs"].append(dict(_run(m, "tabom_math"), id="again", seed=None)), "second main TABOM run"),
+    (lambda m: _run(m, "abl_local_recon").update(params={"window_mode": "local"}), "params.lambda"),
+    (lambda m: _run(m, "tabom_math_k2")["params"].pop("tokens_per_step"), "tokens_per_step"),
     (lambda m: m.update(name="../evil"), "'name'"),
     (lambda m: m.update(reference="gpt"), "'reference'"),
-    (lambda m: m["runs"][16].update(params={"lambda": 1, "margin": 0.1}), "second grid run"),
+    (lambda m: _run(m, "grid_l1_m0.2").update(params={"lambda": 1, "margin": 0.1}), "second grid run"),
+    (lambda m: _run(m, "lam_1_s1").update(seed=0), "duplicate seed 0 in the group of run 'lam_1_s0'"),
+    (lambda m: _run(m, "lam_1_s1").update(seed="1"), "'seed' must be an integer"),
+    (lambda m: _run(m, "lam_0.5").update(params={}), "params.lambda"),
+    (lambda m: _run(m, "lam_0.5").update(domain=None), "must name its training domain"),
+    (lambda m: _run(m, "abl_local_rank_pad2")["params"].update(pad_keep=-1), "pad_keep"),
+    (lambda m: _run(m, "no_sft").update(samples=3), "'samples' must be a path string"),
+    (lambda m: m["tds"].append({"method": "TABOM", "dataset": "tabom_mbpp", "seed": 1, "file": "x.json"}),
+     "a second entry for (TABOM, tabom_mbpp) with seed 1"),
 ])
 def test_manifest_rules(run_copy, tmp_path, edit, needle):
     _edit_manifest(run_copy, edit)
@@ -387,10 +416,11 @@ def test_plots_only_when_data_exist(run_copy, tmp_path):
             d["per_step"] = [None, None]
             f.write_text(json.dumps(d))
     paths = L.build_leaderboard(run_copy, tmp_path / "out")
-    assert [p.name for p in paths] == ["fixture.md"]
+    assert [p.name for p in paths] == ["fixture.md", "fixture_lambda.png"]
     md = paths[0].read_text(encoding="utf-8")
     assert "](fixture_tds.png)" not in md and "cross-entropy" not in md
-    assert "| TABOM | 1.250 | 0.875 |" in md
+    # TABOM on MBPP: two seeds, 0.875 and 0.925 -> mean 0.900, sd 0.03536 / sqrt(2) = 0.025
+    assert "| TABOM | 1.250 | 0.900 ± 0.025 (2 seeds) |" in md
 
 
 def test_plot_functions_write_png(tmp_path):
@@ -426,3 +456,219 @@ def test_cli_subprocess(tmp_path):
 def test_console_script_declared():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["tabom-leaderboard"] == "tabom_eval.leaderboard:main"
+
+
+# --- per-sample data, seeds, paired deltas --------------------------------------------------------
+
+def _samples(run: str, task: str) -> dict:
+    """{doc_id: (score, out)} of one fixture samples file."""
+    rec = json.loads((FIXTURE / "samples" / f"{run}.json").read_text())["tasks"][task]
+    return {d: (s, o) for d, s, o in zip(rec["doc_id"], rec["score"], rec["out"])}
+
+
+def _cell_of(md: str, section: str, label: str, column: str) -> str:
+    body = md.split(section + "\n", 1)[1]
+    header = next(ln for ln in body.splitlines() if ln.startswith("| "))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    row = _row(md, section, label)
+    return [c.strip() for c in row.strip("|").split("|")][cols.index(column)]
+
+
+def test_paired_delta_in_expected_recomputed_independently():
+    # SFT-GT (math) vs No-SFT on HumanEval: single binary runs -> exact McNemar, by hand
+    a, b = _samples("sft_gt_math", "tabom_humaneval"), _samples("no_sft", "tabom_humaneval")
+    assert sorted(a) == sorted(b) and len(a) == 40
+    n10 = sum(a[d][0] == 1 and b[d][0] == 0 for d in a)
+    n01 = sum(a[d][0] == 0 and b[d][0] == 1 for d in a)
+    delta = 100 * (n10 - n01) / 40
+    m = n01 + n10
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(min(n01, n10) + 1)) / 2 ** m)
+    assert (n01, n10) == (7, 1) and p == pytest.approx(0.0703125)
+    cell = _cell_of(EXPECTED, "## Trained on math", "SFT-GT", "HumanEval")
+    assert cell.startswith(f"35.00 ± 4.00 ({delta:+.2f} [")
+    assert f"] p={p:.3f})" in cell
+    lo, hi = (float(x) for x in cell.split("[", 1)[1].split("]", 1)[0].split(","))
+    assert lo <= delta <= hi
+    # TABOM (3 seeds) vs No-SFT on GSM8K: a problem's score is its mean over the seeds
+    seeds = [_samples(r, "tabom_gsm8k") for r in ("tabom_math", "tabom_math_s1", "tabom_math_s2")]
+    base = _samples("no_sft", "tabom_gsm8k")
+    d = [sum(s[k][0] for s in seeds) / 3 - base[k][0] for k in base]
+    cell = _cell_of(EXPECTED, "## Trained on math", "TABOM", "GSM8K")
+    assert cell.startswith(f"92.50 (sd 2.50, 3 seeds) ({100 * sum(d) / len(d):+.2f} [")
+    # the in-domain average's delta is the mean of the two task deltas
+    d2 = [sum(_samples(r, "tabom_math500")[k][0] for r in ("tabom_math", "tabom_math_s1", "tabom_math_s2")) / 3
+          - _samples("no_sft", "tabom_math500")[k][0] for k in base]
+    avg = _cell_of(EXPECTED, "## Trained on math", "TABOM", "In-domain avg")
+    assert avg.startswith(f"70.00 ({100 * (sum(d) + sum(d2)) / 80:+.2f} [")
+    # outputs changed: SFT-SD vs No-SFT on GSM8K
+    a = _samples("sft_sd_math", "tabom_gsm8k")
+    share = 100 * sum(a[k][1] != base[k][1] for k in base) / 40
+    assert _cell_of(EXPECTED, "## Outputs changed vs No-SFT", "SFT-SD (trained on math)", "GSM8K") == f"{share:.1f}%"
+
+
+def test_expected_has_the_new_sections():
+    assert "(unpaired: no per-sample data)" in EXPECTED.split("## Trained on math")[0]
+    assert EXPECTED.count("(unpaired: no per-sample data)") == 1
+    assert "- Problems per task (n): GSM8K 40, MATH500 40, HumanEval 40, MBPP 40, IFEval 40." in EXPECTED
+    assert "TABOM main run, trained on math: 3 seeds (0, 1, 2)" in EXPECTED
+    assert "- Measured SE of a paired in-domain difference vs No-SFT (median over methods), points: " \
+           "trained on math: " in EXPECTED
+    assert "Not shown (no per-sample data): dInfer, T3D." in EXPECTED
+    assert _row(EXPECTED, "## Trained on math", "dInfer").startswith("| dInfer | 82.00 ± 1.00 (+2.00) |")
+    assert "| Local window + pairwise ranking, padding: first EOS + 2 |" in EXPECTED
+    assert "| Local window + pairwise ranking, all padding |" in EXPECTED
+    assert "TDS rises with λ (0.920 → 1.020 → 1.220 for λ = 0, 0.5, 1); the difference between λ = 1 " \
+           "and λ = 0 is +0.300, which exceeds 2 se (0.057)." in EXPECTED
+    assert _row(EXPECTED, "## Ranking weight λ (trained on math)", "λ = 0").endswith(
+        "| reference | 0.920 ± 0.020 (2 seeds) |")
+
+
+def _edit_samples(run: Path, name: str, fn) -> Path:
+    path = run / "samples" / f"{name}.json"
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_mismatched_doc_ids_are_refused(run_copy, tmp_path):
+    def edit(d):
+        d["tasks"]["tabom_humaneval"]["doc_id"][0] = 999
+    path = _edit_samples(run_copy, "sft_gt_math", edit)
+    with pytest.raises(ValueError) as e:
+        L.build_leaderboard(run_copy, tmp_path / "out")
+    msg = str(e.value)
+    assert str(path) in msg and str(run_copy / "samples" / "no_sft.json") in msg
+    assert "tabom_humaneval" in msg and "doc_id sets differ" in msg and "sft_gt_math" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_seeds_with_different_doc_ids_are_refused(run_copy, tmp_path):
+    def edit(d):
+        d["tasks"]["tabom_gsm8k"]["doc_id"][3] = -5
+    path = _edit_samples(run_copy, "tabom_math_s2", edit)
+    with pytest.raises(ValueError, match="doc_id sets differ") as e:
+        L.build_leaderboard(run_copy, tmp_path / "out")
+    assert str(path) in str(e.value) and "tabom_math_s2" in str(e.value)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda d: d["tasks"]["tabom_gsm8k"]["score"].pop(), "equally long"),
+    (lambda d: d["tasks"]["tabom_gsm8k"]["doc_id"].__setitem__(1, d["tasks"]["tabom_gsm8k"]["doc_id"][0]),
+     "duplicates"),
+    (lambda d: d["tasks"]["tabom_gsm8k"]["score"].__setitem__(0, "1"), "'score' must be a list of numbers"),
+    (lambda d: d.pop("tasks"), "'tasks' object"),
+])
+def test_bad_samples_file_is_named(run_copy, tmp_path, edit, needle):
+    path = _edit_samples(run_copy, "sft_sd_math", edit)
+    with pytest.raises(ValueError) as e:
+        L.build_leaderboard(run_copy, tmp_path / "out")
+    assert str(path) in str(e.value) and needle in str(e.value) and "sft_sd_math" in str(e.value)
+
+
+def test_truncated_samples_json_is_named(run_copy, tmp_path):
+    path = run_copy / "samples" / "no_sft.json"
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(ValueError, match="malformed JSON") as e:
+        L.build_leaderboard(run_copy, tmp_path / "out")
+    assert str(path) in str(e.value)
+
+
+def test_missing_samples_file(run_copy, tmp_path):
+    (run_copy / "samples" / "sft_gt_math.json").unlink()
+    with pytest.raises(FileNotFoundError, match="sft_gt_math"):
+        L.build_leaderboard(run_copy, tmp_path / "out")
+    md = L.build_leaderboard(run_copy, tmp_path / "out", plots=False,
+                             allow_missing=True)[0].read_text(encoding="utf-8")
+    # SFT-GT falls back to the bare difference of the rounded numbers
+    assert _row(md, "## Trained on math", "SFT-GT").startswith("| SFT-GT | 82.50 ± 1.00 (+2.50) | 37.50 ± 2.00 (-2.50) |")
+    assert "Not shown (no per-sample data): SFT-GT, dInfer, T3D." in md
+
+
+def test_without_samples_every_delta_is_unpaired_and_the_header_says_so():
+    md = L.render_markdown(MINI, MINI_RESULTS)
+    head = md.split("## Trained on math")[0]
+    assert head.count("(unpaired: no per-sample data)") == 1
+    assert "[" not in md.split("## Trained on math")[1]  # no interval anywhere
+    # unpaired MDE at No-SFT's rate: p = 0.235, n = 400 -> 2.801585 * sqrt(2 * .235 * .765 / 400)
+    mde = 2.801585 * math.sqrt(2 * 0.235 * 0.765 / 400) * 100
+    assert f"points: MiniMath {mde:.2f}, " in head
+    assert "not measured (no per-sample data)" in head
+    assert "TABOM vs each baseline" not in md and "Outputs changed" not in md
+
+
+def test_seed_group_without_samples_shows_mean_and_sd():
+    m = copy.deepcopy(MINI)
+    m["runs"][1]["seed"] = 0
+    m["runs"].append(dict(m["runs"][1], id="tabom_math_s1", seed=1, results="d.json"))
+    res = dict(MINI_RESULTS, tabom_math_s1=_fake_result({"mini_math": 0.27, "mini_code": 0.32}))
+    md = L.render_markdown(m, res)
+    # mean (25 + 27) / 2 = 26.00; sd of (25, 27) = 1.414 -> 1.41; delta vs 23.50 = +2.50
+    assert _row(md, "## Trained on math", "TABOM") == \
+        "| TABOM | 26.00 (sd 1.41, 2 seeds) (+2.50) | 26.00 (+2.50) | 31.00 (sd 1.41, 2 seeds) (-4.00) | 31.00 (-4.00) |"
+    assert "TABOM main run, trained on math: 2 seeds (0, 1)" in md
+
+
+def test_lambda_sentence_follows_the_data(run_copy, tmp_path):
+    for name, v in (("lam_1_s0", 0.91), ("lam_1_s1", 0.95)):
+        path = run_copy / "tds" / f"{name}.json"
+        d = json.loads(path.read_text())
+        d["tds"] = v
+        path.write_text(json.dumps(d))
+    md = L.build_leaderboard(run_copy, tmp_path / "out", plots=False)[0].read_text(encoding="utf-8")
+    assert "TDS does not rise monotonically with λ (0.920 → 1.020 → 0.930 for λ = 0, 0.5, 1); the " \
+           "difference between λ = 1 and λ = 0 is +0.010, which does not exceed 2 se (0.057)." in md
+
+
+def test_run_tds_file_is_checked(run_copy, tmp_path):
+    path = run_copy / "tds" / "lam_0.5.json"
+    path.write_text(json.dumps({"per_step": []}))
+    with pytest.raises(ValueError, match="numeric 'tds'") as e:
+        L.build_leaderboard(run_copy, tmp_path / "out")
+    assert str(path) in str(e.value) and "lam_0.5" in str(e.value)
+
+
+def test_paper_reference_is_the_packaged_yaml(tmp_path):
+    import yaml
+
+    path = REPO / "tabom_eval" / "paper_reference.yaml"
+    assert L.PAPER_REFERENCE_FILE == path
+    assert L.PAPER_REFERENCE == yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert L.PAPER_REFERENCE["dream"]["math"]["rows"]["TABOM"][0] == 84.31
+    bad = tmp_path / "ref.yaml"
+    bad.write_text(path.read_text(encoding="utf-8").replace(
+        "TABOM:  [84.31, 41.10, 62.71, 58.54, 59.20, 56.19, 57.98]", "TABOM:  [84.31, 41.10]"))
+    with pytest.raises(ValueError, match="row 'TABOM' must list 7 numbers") as e:
+        L._load_paper_reference(bad)
+    assert str(bad) in str(e.value)
+
+
+def test_validate_manifest_returns_the_schema_dataclasses():
+    m = L.validate_manifest(json.loads((FIXTURE / "manifest.json").read_text()))
+    assert isinstance(m, L.Manifest) and m.name == "fixture" and m.reference == "dream"
+    runs = {r.id: r for r in m.runs}
+    assert all(isinstance(r, L.RunEntry) for r in m.runs)
+    assert (runs["tabom_math_s2"].seed, runs["tabom_math_s2"].samples) == (2, "samples/tabom_math_s2.json")
+    assert runs["tabom_math"].group_key == runs["tabom_math_s1"].group_key != runs["sft_gt_math"].group_key
+    assert runs["lam_0.5"].tds == "tds/lam_0.5.json" and runs["lam_0.5"].params == {"lambda": 0.5}
+    assert runs["no_sft"].seed is None and runs["no_sft"].domain is None
+    assert L.TdsEntry("TABOM", "tabom_mbpp", "tds/tabom_mbpp_s1.json", 1) in m.tds
+
+
+def test_manifest_note_is_shown_under_the_title_and_checked(tmp_path):
+    import shutil
+
+    src = Path(__file__).parent / "data" / "leaderboard"
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    m = json.loads((run / "manifest.json").read_text())
+    m["note"] = "Smoke-level run: cannot rank methods."
+    (run / "manifest.json").write_text(json.dumps(m))
+    from tabom_eval.leaderboard import build_leaderboard
+
+    md = build_leaderboard(run, out_dir=tmp_path / "out", plots=False)[0].read_text()
+    assert md.splitlines()[2] == "> Smoke-level run: cannot rank methods."
+    m["note"] = 3
+    (run / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="'note' must be a string"):
+        build_leaderboard(run, out_dir=tmp_path / "out2", plots=False)
