@@ -44,8 +44,9 @@ from pathlib import Path
 
 import torch
 
-from .objectives import (dinfer_loss, dinfer_view, entropy_of, gather_logprobs, log_probs, pack,
-                         sft_loss, sft_view, t3d_loss, t3d_view, tabom_loss, tabom_view)
+from .objectives import (DEFAULT_WINDOW, T3D_MASK_FROM, WINDOW_TRUNCATED, dinfer_loss, dinfer_view,
+                         eligible_mask, entropy_of, gather_logprobs, log_probs, pack, sft_loss, sft_view,
+                         t3d_loss, t3d_view, tabom_loss, tabom_view, window_from_frac)
 from .utils import atomic_write_json, parse_overrides
 
 TRAIN_METHODS = ("sft_gt", "sft_sd", "dinfer", "t3d", "tabom")
@@ -82,8 +83,28 @@ class TrainConfig:
     save_total_limit: int = 2
     # objectives
     eps: float = 1e-3  # sft: p_mask = (1 - eps) t + eps
-    window: int = 32  # tabom: local window w
+    # tabom window: ``window`` (absolute w) or ``window_frac`` (w = max(1,
+    # round(window_frac * canvas length)), rounded half up; the paper: w = 32
+    # on a 256-token canvas = 0.125); at most one of the two; neither: w = 32
+    window: int | None = None
+    window_frac: float | None = None
     window_mode: str = "local"  # tabom: local | global
+    # tabom, windows that reach the end of the eligible tokens with < w tokens
+    # (paper: "fewer at the end", silent on weighting): weight (default: each
+    # row's reconstruction x |N|/w, the only choice that gives every token past
+    # the first w-1 the same expected weight) | keep (legacy: plain mean, the
+    # last tokens weigh up to H_w x a middle one) | full (only starts with a
+    # full window: both ends down-weighted)
+    window_truncated: str = "weight"
+    # tabom + t3d padding (positions after the first EOS / end-of-turn): train
+    # at most this many of them; null = every position (legacy). Default 2 =
+    # T3D's post_num (train/prepare.py::collect_training_data); the TABOM
+    # paper is silent on padding (its TDS drops every position after the
+    # first EOS). tabom: pairs and windows only over eligible positions (the
+    # input state keeps the true trajectory, padding included); t3d: masked
+    # pads beyond the cap stay masked with no loss, the path term skips all
+    # padding (both as T3D). Not used by sft_* / dinfer.
+    pad_keep: int | None = 2
     lam: float = 1.0  # tabom: ranking weight lambda (0 = reconstruction only)
     margin: float = 0.2  # tabom: hinge margin m
     entropy_temperature: float = 1.0  # temperature of the entropies that are ranked
@@ -92,6 +113,14 @@ class TrainConfig:
     alpha: float = 0.5  # t3d
     lambda_path: float = 0.2  # t3d
     path_k: int = 4  # t3d tokens per path level
+    # t3d decoder block (T3D's block_size = 8): trace masking per block and
+    # ceil(path_block / path_k) path levels per block (T3D: 8 / 4 = 2 levels);
+    # null = the whole canvas as one block (legacy)
+    path_block: int | None = 8
+    # t3d trace masking: first = mask the earliest-decoded tokens of each block
+    # (T3D's collect_training_data, default) | last = the latest-decoded ones
+    # (legacy; with path_block null a state on the trajectory)
+    t3d_mask_from: str = "first"
     t3d_ratios: list = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
     t3d_ratio_power: float = 8.0
     gt_max_tokens: int | None = None  # sft_gt: canvas cap (default: longest answer)
@@ -122,9 +151,25 @@ class TrainConfig:
         for key in ("model", "trajectories", "output_dir"):
             if not getattr(self, key):
                 bad(key, "must be set")
-        for key in ("lora_r", "epochs", "per_device_batch", "grad_accum", "window", "path_k", "save_steps"):
+        for key in ("lora_r", "epochs", "per_device_batch", "grad_accum", "path_k", "save_steps"):
             if int(getattr(self, key)) < 1:
                 bad(key, "must be >= 1")
+        if self.window is not None and self.window_frac is not None:
+            raise ValueError(f"{where}: window={self.window!r} and window_frac={self.window_frac!r} are both "
+                             "set; set one of them and the other to null (window: absolute w, "
+                             "window_frac: w as a fraction of the canvas)")
+        if self.window is not None and int(self.window) < 1:
+            bad("window", "must be >= 1 or null")
+        if self.window_frac is not None and not 0 < self.window_frac <= 1:
+            bad("window_frac", "must be in (0, 1] or null")
+        if self.window_truncated not in WINDOW_TRUNCATED:
+            bad("window_truncated", f"must be one of {list(WINDOW_TRUNCATED)}")
+        if self.pad_keep is not None and int(self.pad_keep) < 0:
+            bad("pad_keep", "must be >= 0 or null")
+        if self.path_block is not None and int(self.path_block) < 1:
+            bad("path_block", "must be >= 1 or null")
+        if self.t3d_mask_from not in T3D_MASK_FROM:
+            bad("t3d_mask_from", f"must be one of {list(T3D_MASK_FROM)}")
         if self.lr <= 0:
             bad("lr", "must be > 0")
         if self.warmup_steps < 0:
@@ -140,6 +185,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def window_for(self, canvas: int) -> int:
+        """The TABOM window w of a canvas of ``canvas`` response tokens."""
+        if self.window_frac is not None:
+            return window_from_frac(self.window_frac, canvas)
+        return int(self.window) if self.window is not None else DEFAULT_WINDOW
 
 
 def _coerce(key: str, type_str: str, value, where: str):
@@ -224,21 +275,35 @@ def build_examples(cfg: TrainConfig, model) -> list[dict]:
                         "length": canvas, "order": None, "steps": None})
         return out
     longest = max(len(r["response_ids"]) for r in rows)
-    if cfg.method == "tabom" and cfg.window_mode == "local" and cfg.window > longest:
-        raise ValueError(f"window={cfg.window} is larger than every trajectory in {cfg.trajectories} "
+    w = cfg.window_for(longest)
+    if cfg.method == "tabom" and cfg.window_mode == "local" and w > longest:
+        raise ValueError(f"window={w} is larger than every trajectory in {cfg.trajectories} "
                          f"(longest response: {longest} tokens); use window <= {longest} or "
                          "window_mode: global")
+    stops = set(ids.stop_ids)
     for r in rows:
-        out.append({"prompt_ids": r["prompt_ids"], "response_ids": r["response_ids"],
-                    "length": len(r["response_ids"]),
+        resp = list(r["response_ids"])
+        out.append({"prompt_ids": r["prompt_ids"], "response_ids": resp, "length": len(resp),
+                    "stop_len": stop_length(resp, stops),
                     "order": decode_order(r["step_map"], r["entropy"]).tolist(),
                     "steps": list(r["step_map"])})
     return out
 
 
+def stop_length(response_ids, stop_ids) -> int:
+    """Positions up to and including the first stop token (EOS / end of turn);
+    the whole response when it has none. Everything after it is padding."""
+    for i, t in enumerate(response_ids):
+        if int(t) in stop_ids:
+            return i + 1
+    return len(response_ids)
+
+
 def collate(examples: list[dict], pad_id: int, eos_id: int) -> dict:
     """Left-padded prompts then the response canvas (EOS-padded to the
-    longest row); ``order``/``steps`` are -1 beyond a row's length."""
+    longest row); ``order``/``steps`` are -1 beyond a row's length;
+    ``stop_lengths`` [B]: positions up to and including each row's first stop
+    token (:func:`stop_length`; the row length when an example lacks it)."""
     B = len(examples)
     P = max(len(e["prompt_ids"]) for e in examples)
     G = max(e["length"] for e in examples)
@@ -256,9 +321,10 @@ def collate(examples: list[dict], pad_id: int, eos_id: int) -> dict:
             order[b, :len(r)] = torch.tensor(e["order"])
             steps[b, :len(r)] = torch.tensor(e["steps"])
     lengths = torch.tensor([e["length"] for e in examples])
+    stop_lengths = torch.tensor([e.get("stop_len", e["length"]) for e in examples])
     resp_mask = torch.arange(G).unsqueeze(0) < lengths.unsqueeze(1)
     return {"input_ids": x, "attention_mask": attn, "prompt_len": P, "order": order, "steps": steps,
-            "lengths": lengths, "resp_mask": resp_mask}
+            "lengths": lengths, "stop_lengths": stop_lengths, "resp_mask": resp_mask}
 
 
 # --------------------------------------------------------------------------
@@ -278,16 +344,23 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generato
     ids = batch["input_ids"]
     resp = ids[:, P:]
     method = cfg.method
+    stop_lengths = batch.get("stop_lengths", batch["lengths"])  # first stop token, inclusive
     if method in ("sft_gt", "sft_sd"):
         known, targets, p_mask = sft_view(batch["resp_mask"], generator, cfg.eps)
     elif method == "tabom":
-        known, targets = tabom_view(batch["order"], batch["steps"], batch["lengths"], cfg.window,
-                                    cfg.window_mode, generator)
+        lengths = batch["lengths"]
+        window = torch.tensor([cfg.window_for(int(n)) for n in lengths])
+        eligible = None
+        if cfg.pad_keep is not None:
+            eligible = eligible_mask(stop_lengths, lengths, cfg.pad_keep, resp.shape[1])
+        known, targets = tabom_view(batch["order"], batch["steps"], lengths, window, cfg.window_mode,
+                                    generator, eligible=eligible, truncated=cfg.window_truncated)
     elif method == "dinfer":
         known, targets = dinfer_view(batch["order"], batch["steps"], batch["lengths"], generator)
     elif method == "t3d":
-        known, targets = t3d_view(batch["order"], batch["lengths"], cfg.t3d_ratios,
-                                  cfg.t3d_ratio_power, generator)
+        known, targets = t3d_view(batch["order"], batch["lengths"], cfg.t3d_ratios, cfg.t3d_ratio_power,
+                                  generator, mask_from=cfg.t3d_mask_from, block=cfg.path_block,
+                                  stop_lengths=stop_lengths, pad_keep=cfg.pad_keep)
     else:
         raise ValueError(f"method={method!r} must be one of {list(TRAIN_METHODS)}")
     device = ids.device
@@ -310,7 +383,10 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generato
         t = cfg.entropy_temperature
         ent = entropy_of(logp_all if t == 1.0 else log_probs(logits, t))
         steps = batch["steps"].to(device).gather(1, idx)
-        return tabom_loss(logp, ent, steps, valid, cfg.lam, cfg.margin, cfg.pair_tie_tol)
+        weight = None
+        if cfg.window_mode == "local" and cfg.window_truncated == "weight":
+            weight = targets.sum(-1).to(logp) / window.to(device=device, dtype=logp.dtype)  # |N| / w
+        return tabom_loss(logp, ent, steps, valid, cfg.lam, cfg.margin, cfg.pair_tie_tol, weight)
     # t3d: reference = the base model (adapter switched off), no gradient
     if dlm.peft_model is None:
         raise ValueError("t3d needs a LoRA adapter (its frozen reference is the base with the adapter off)")
@@ -323,8 +399,11 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generato
     lp_real, lp_fake = logp, gather_logprobs(logp_all, fake)
     lp_real_ref, lp_fake_ref = gather_logprobs(ref_all, tgt), gather_logprobs(ref_all, fake)
     rank = batch["order"].to(device).gather(1, idx)
+    path_valid = valid
+    if cfg.pad_keep is not None:  # T3D's path term skips every padding position
+        path_valid = valid & (idx < stop_lengths.to(device).unsqueeze(1))
     return t3d_loss(lp_real, lp_real_ref, lp_fake, lp_fake_ref, valid, rank, cfg.beta, cfg.alpha,
-                    cfg.lambda_path, cfg.path_k)
+                    cfg.lambda_path, cfg.path_k, cfg.path_block, idx, path_valid)
 
 
 # --------------------------------------------------------------------------

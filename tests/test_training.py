@@ -214,6 +214,149 @@ def test_window_larger_than_every_trajectory_and_bad_targets(tmp_path, mini_traj
         train(_cfg(tmp_path, mini_traj, "tabom", target_modules=["qkv"]), progress=False)
 
 
+def test_window_padding_options_are_validated(tmp_path):
+    from tabom.train import TrainConfig
+
+    (tmp_path / "base.yaml").write_text("model: m\ntrajectories: t\noutput_dir: o\nmethod: tabom\n"
+                                        "window_frac: 0.125\n")
+    cfg = TrainConfig.from_file(tmp_path / "base.yaml")
+    assert (cfg.window, cfg.window_frac, cfg.window_for(48)) == (None, 0.125, 6)
+    assert (cfg.window_truncated, cfg.pad_keep, cfg.path_block, cfg.t3d_mask_from) == ("weight", 2, 8, "first")
+    with pytest.raises(ValueError, match=r"window=8 and window_frac=0.125 are both set"):
+        TrainConfig.from_file(tmp_path / "base.yaml", window=8)
+    cfg = TrainConfig.from_file(tmp_path / "base.yaml", window=8, window_frac=None, pad_keep=None,
+                                path_block=None)
+    assert (cfg.window_for(48), cfg.pad_keep, cfg.path_block) == (8, None, None)
+    for key, value, rule in (("window_frac", 0.0, r"window_frac=0.0 must be in \(0, 1\]"),
+                             ("window_frac", 1.5, r"window_frac=1.5 must be in \(0, 1\]"),
+                             ("window_truncated", "drop", r"window_truncated='drop' must be one of"),
+                             ("pad_keep", -1, r"pad_keep=-1 must be >= 0 or null"),
+                             ("path_block", 0, r"path_block=0 must be >= 1 or null"),
+                             ("t3d_mask_from", "middle", r"t3d_mask_from='middle' must be one of"),
+                             ("pad_keep", "two", r"pad_keep='two' must be of type int \| None")):
+        with pytest.raises(ValueError, match=rule):
+            TrainConfig.from_file(tmp_path / "base.yaml", **{key: value})
+    with pytest.raises(ValueError, match=r"window=0 must be >= 1"):
+        TrainConfig.from_file(tmp_path / "base.yaml", window=0, window_frac=None)
+
+
+def _synthetic_batch(model, n_rows=3):
+    """Trajectory rows on the model's ids: answer, the first stop token, EOS padding."""
+    from tabom.train import collate, stop_length
+    from tabom.trajectories import decode_order
+
+    ids = model.special_ids
+    g = torch.Generator().manual_seed(5)
+    ex = []
+    for b in range(n_rows):
+        n = 16 + 2 * b
+        resp = torch.randint(60, 90, (n,), generator=g).tolist()
+        stop = 6 + b
+        resp[stop] = ids.eot if ids.eot is not None else ids.eos
+        resp[stop + 1:] = [ids.eos] * (n - stop - 1)
+        steps = torch.randperm(n, generator=g) // (1 + b % 2)
+        ex.append({"prompt_ids": [70 + b, 71, 72], "response_ids": resp, "length": n,
+                   "stop_len": stop_length(resp, set(ids.stop_ids)),
+                   "order": decode_order(steps.tolist(), torch.rand(n, generator=g).tolist()).tolist(),
+                   "steps": steps.tolist()})
+    assert [e["stop_len"] for e in ex] == [7, 8, 9]
+    return collate(ex, ids.pad, ids.eos)
+
+
+@pytest.fixture
+def lora_model(tiny_checkpoints, family):
+    from tabom.models import add_lora, load_model
+
+    model = load_model(tiny_checkpoints[family])
+    add_lora(model, r=4, alpha=8)
+    with torch.no_grad():  # a non-zero adapter, so that T3D's reference differs from the model
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("method, options", [
+    ("tabom", {}),
+    ("tabom", {"window_truncated": "full", "pad_keep": 0, "window": 3}),
+    ("tabom", {"window_truncated": "keep", "pad_keep": None, "window_frac": 0.25}),
+    ("tabom", {"window_mode": "global", "pad_keep": 1, "window": 4}),
+    ("t3d", {}),
+    ("t3d", {"t3d_mask_from": "last", "path_block": 4, "pad_keep": 0}),
+])
+def test_compute_loss_with_padding_and_window_options(lora_model, method, options):
+    """Each option runs end to end: the loss is finite and has a gradient."""
+    from tabom.train import TrainConfig, compute_loss
+
+    opts = dict(options)
+    if "window" not in opts and "window_frac" not in opts:
+        opts["window_frac"] = 0.25
+    cfg = TrainConfig(method=method, model="m", trajectories="t", output_dir="o", **opts)
+    cfg.validate()
+    batch = _synthetic_batch(lora_model)
+    out = compute_loss(lora_model, batch, cfg, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"]) and out["loss"].requires_grad
+    out["loss"].backward()
+    grads = [p.grad for p in lora_model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_legacy_settings_reproduce_the_previous_loss_bit_for_bit(lora_model, monkeypatch):
+    """pad_keep null, window_truncated keep, path_block null, t3d_mask_from last:
+    compute_loss gives exactly the values of the code before these options
+    (its views and losses, kept in test_objectives, swapped in)."""
+    import test_objectives as legacy
+
+    from tabom import train as train_mod
+
+    batch = _synthetic_batch(lora_model)
+    common = dict(model="m", trajectories="t", output_dir="o", window=4, pad_keep=None, window_truncated="keep",
+                  path_block=None, t3d_mask_from="last")
+    new = {}
+    for method in ("tabom", "t3d"):
+        cfg = TrainConfig_(method=method, **common)
+        new[method] = train_mod.compute_loss(lora_model, batch, cfg, torch.Generator().manual_seed(11))
+
+    def tabom_view(order, steps, lengths, window, mode, generator, eligible=None, truncated="keep"):
+        assert eligible is None and truncated == "keep" and mode == "local"
+        return legacy._legacy_tabom_view(order, steps, lengths, int(window[0]), generator)
+
+    def t3d_view(order, lengths, ratios, power, generator, mask_from, block, stop_lengths, pad_keep):
+        assert (mask_from, block, pad_keep) == ("last", None, None)
+        return legacy._legacy_t3d_view(order, lengths, ratios, power, generator)
+
+    def tabom_loss(*args):
+        assert args[-1] is None  # no reconstruction weight
+        return legacy._legacy_tabom_loss(*args[:-1])
+
+    def t3d_loss(*args):
+        assert args[-3] is None and args[-1] is args[4]  # no block, path over every target
+        return legacy._legacy_t3d_loss(*args[:-3])
+
+    for name, fn in (("tabom_view", tabom_view), ("t3d_view", t3d_view), ("tabom_loss", tabom_loss),
+                     ("t3d_loss", t3d_loss)):
+        monkeypatch.setattr(train_mod, name, fn)
+    for method in ("tabom", "t3d"):
+        cfg = TrainConfig_(method=method, **common)
+        old = train_mod.compute_loss(lora_model, batch, cfg, torch.Generator().manual_seed(11))
+        assert set(old) == set(new[method])
+        for k in old:
+            if torch.is_tensor(old[k]):
+                assert torch.equal(old[k], new[method][k]) or (old[k].isnan() & new[method][k].isnan()).all(), \
+                    (method, k, old[k], new[method][k])
+            else:
+                assert old[k] == new[method][k]
+
+
+def TrainConfig_(**kw):
+    from tabom.train import TrainConfig
+
+    cfg = TrainConfig(**kw)
+    cfg.validate()
+    return cfg
+
+
 # ---------------------------------------------------------------- training
 def _log(out) -> list[dict]:
     from tabom.train import read_log
