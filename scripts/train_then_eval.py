@@ -622,7 +622,7 @@ def _decoder_line(run: Path) -> dict:
 def _training_line(cfg: dict) -> dict:
     d = _train_defaults(cfg, "tabom", next(iter(cfg["domains"])))
     keys = ("lora_r", "lora_alpha", "lr", "epochs", "max_steps", "per_device_batch", "warmup_steps",
-            "window", "lam", "margin")
+            "window", "window_frac", "window_truncated", "pad_keep", "lam", "margin")
     return {k: d[k] for k in keys if d.get(k) is not None}
 
 
