@@ -139,14 +139,16 @@ def plan(cfg: dict, run: Path) -> dict:
     seeds = _seeds(cfg)
     first = seeds[0]
     sfx = (lambda sd: f"_s{sd}") if len(seeds) > 1 else (lambda sd: "")  # noqa: E731
-    trains, evals, by_config = [], [], {}
+    trains, evals, by_config, defaults = [], [], {}, {}
 
     def add_train(tid, method, domain, over=None, seed=None):
         """Register a training run; returns the id of the run that trains it."""
         over = dict(over or {})
         if seed is not None:
             over["seed"] = int(seed)
-        resolved = _train_defaults(cfg, method, domain)
+        if (method, domain) not in defaults:  # each config file read once
+            defaults[method, domain] = _train_defaults(cfg, method, domain)
+        resolved = dict(defaults[method, domain])
         resolved.update(over)
         key = (method, domain, json.dumps(resolved, sort_keys=True, default=str))
         if key not in by_config:
@@ -181,19 +183,15 @@ def plan(cfg: dict, run: Path) -> dict:
     abl = cfg.get("ablation") or {}
     if abl:
         d = abl.get("domain", domains[0])
-        rows = [(mode, lam, main_tabom.get("pad_keep")) for mode in ("global", "local") for lam in (0.0, lam0)]
-        if abl.get("padding", True) and main_tabom.get("pad_keep") is not None:
+        pad0 = main_tabom["pad_keep"]
+        rows = [(mode, lam, pad0) for mode in ("global", "local") for lam in (0.0, lam0)]
+        if abl.get("padding", True) and pad0 is not None:
             rows.append(("local", lam0, None))  # the same objective with every padding token kept
         for mode, lam, pad in rows:
-            eid = f"abl_{mode}_{'rank' if lam else 'recon'}" + ("_allpad" if pad is None and
-                                                              main_tabom.get("pad_keep") is not None else "")
-            over = {"window_mode": mode, "lam": lam}
-            if "pad_keep" in main_tabom:
-                over["pad_keep"] = pad
-            tid = add_train(f"{eid}_{d}{sfx(first)}", "tabom", d, over, first)
-            params = {"window_mode": mode, "lambda": lam}
-            if "pad_keep" in main_tabom:
-                params["pad_keep"] = pad
+            eid = f"abl_{mode}_{'rank' if lam else 'recon'}" + ("_allpad" if pad != pad0 else "")
+            tid = add_train(f"{eid}_{d}{sfx(first)}", "tabom", d,
+                            {"window_mode": mode, "lam": lam, "pad_keep": pad}, first)
+            params = {"window_mode": mode, "lambda": lam, "pad_keep": pad}
             add_eval(f"{eid}_{d}", "TABOM", d, "ablation", tid, all_tasks, params=params, seed=first)
     grid = cfg.get("grid") or {}
     if grid:
@@ -239,9 +237,12 @@ def plan(cfg: dict, run: Path) -> dict:
 
 
 def _train_defaults(cfg: dict, method: str, domain: str) -> dict:
-    from tabom.train import _read_config
+    import dataclasses
 
-    data = _read_config(_resolve(cfg["train"]["config_dir"]) / f"{method}_{domain}.yaml")
+    from tabom.train import TrainConfig, _read_config
+
+    data = dataclasses.asdict(TrainConfig())  # every key, so equal runs resolve equal
+    data.update(_read_config(_resolve(cfg["train"]["config_dir"]) / f"{method}_{domain}.yaml"))
     data.update(cfg["train"].get("overrides") or {})
     return data
 
@@ -318,7 +319,8 @@ def run_eval(cfg: dict, base, e: dict, run: Path, force: bool, stage: str) -> bo
     if res is None:  # a non-main process under accelerate launch: rank 0 writes
         return True
     # per-sample correctness first (results.json, written last, marks the run done)
-    atomic_json(samples_out, compact_samples(res.pop("samples", {}) or {}))
+    atomic_write_text(samples_out, json.dumps(compact_samples(res.pop("samples", {}) or {}),
+                                              separators=(",", ":")))
     atomic_write_text(out, json.dumps(res, indent=1, default=handle_non_serializable))
     scores = ", ".join(f"{t} {100 * res['results'][t]['score,none']:.1f}" for t in e["tasks"])
     say(stage, f"{e['id']}: {scores} ({time.perf_counter() - t0:.0f} s)")
@@ -499,12 +501,16 @@ def stage_tds(cfg, base, run, pl, force) -> None:
     if not int(tcfg.get("n", 0)):
         raise SystemExit("[tds] tds.n must be >= 1: TDS is computed on that many held-out queries per domain")
     model = None  # the base, loaded once; adapters are attached and removed in turn
+    held_out = {}
     for ent in _tds_entries(cfg, pl):
         out = run / ent["file"]
         if out.exists() and not force:
             say("tds", f"skipped: {ent['file']} exists")
             continue
-        rows = load_trajectories(run / "tds" / f"traj_{ent['domain']}", only_correct=False).to_list()
+        if ent["domain"] not in held_out:  # one read per domain, shared by its entries
+            held_out[ent["domain"]] = load_trajectories(run / "tds" / f"traj_{ent['domain']}",
+                                                        only_correct=False).to_list()
+        rows = held_out[ent["domain"]]
         if model is None:
             model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu")).eval()
         if ent["adapter"]:
@@ -552,7 +558,7 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
             atomic_json(snap / rel, _slim_results(data))
             samples = e["results"].parent / "samples.json"
             if samples.exists():
-                atomic_json(snap / srel, json.loads(samples.read_text()))
+                atomic_write_text(snap / srel, samples.read_text())
             copied.add(rel)
         entry = {"id": e["id"], "method": e["method"], "domain": e["domain"], "kind": e["kind"],
                  "params": e["params"], "results": rel}

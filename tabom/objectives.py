@@ -489,11 +489,13 @@ def path_consistency_loss(logp: torch.Tensor, rank: torch.Tensor, valid: torch.T
     Earlier tokens weigh more."""
     if k < 1:
         raise ValueError(f"path_k={k} must be >= 1")
-    # position of each target in decoding order among this row's targets
-    big = torch.where(valid, rank, torch.full_like(rank, torch.iinfo(torch.long).max))
-    local = big.argsort(-1).argsort(-1)  # 0 = decoded first
     n = valid.sum(-1)
-    if block is not None:
+    if block is None:
+        # position of each target in decoding order among this row's targets
+        big = torch.where(valid, rank, torch.full_like(rank, torch.iinfo(torch.long).max))
+        local = big.argsort(-1).argsort(-1)  # 0 = decoded first
+        levels = (n + k - 1) // k
+    else:
         if block < 1:
             raise ValueError(f"path_block={block} must be >= 1")
         if positions is None:
@@ -507,25 +509,18 @@ def path_consistency_loss(logp: torch.Tensor, rank: torch.Tensor, valid: torch.T
         local_all = key.argsort(-1).argsort(-1)
         per_blk = torch.zeros(logp.shape[0], n_blk, dtype=torch.long, device=logp.device)
         per_blk.scatter_add_(1, blk, valid.long())
-        earlier = per_blk.cumsum(-1) - per_blk
-        local = local_all - earlier.gather(1, blk)
+        local = local_all - (per_blk.cumsum(-1) - per_blk).gather(1, blk)
         # every level of a row with a target is non-empty (level 0 holds the
         # first min(k, n_block) targets of each block)
-        L = (block + k - 1) // k
-        total = logp.new_zeros(logp.shape[0])
-        for lvl in range(L):
-            inside = valid & (local < (lvl + 1) * k)
-            total = total + (-logp * inside).sum(-1) / inside.sum(-1).clamp(min=1)
-        has = n > 0
-        return (total / L)[has].mean() if bool(has.any()) else logp.sum() * 0.0
-    levels = (n + k - 1) // k
+        levels = torch.where(n > 0, (block + k - 1) // k, 0)
     L = int(levels.max()) if levels.numel() else 0
     total = logp.new_zeros(logp.shape[0])
     for lvl in range(L):
         inside = valid & (local < (lvl + 1) * k)
         ce = (-logp * inside).sum(-1) / inside.sum(-1).clamp(min=1)
         total = total + ce * (lvl < levels).to(ce)
-    return (total / levels.clamp(min=1).to(total))[n > 0].mean()
+    has = n > 0
+    return (total / levels.clamp(min=1).to(total))[has].mean() if bool(has.any()) else logp.sum() * 0.0
 
 
 def t3d_loss(lp_real, lp_real_ref, lp_fake, lp_fake_ref, valid, rank, beta=0.1, alpha=0.5,

@@ -26,14 +26,8 @@ import math
 import torch
 
 from .objectives import entropy_of, gather_logprobs, log_probs
+from .trajectories import stop_length
 from .utils import atomic_write_json
-
-
-def _first_stop(response_ids, stop_ids) -> int:
-    for i, t in enumerate(response_ids):
-        if t in stop_ids:
-            return i
-    return len(response_ids) - 1
 
 
 @torch.no_grad()
@@ -44,8 +38,7 @@ def trajectory_variances(model, record: dict, batch_size: int = 64) -> list[floa
     prompt = torch.tensor(record["prompt_ids"], dtype=torch.long)
     resp = torch.tensor(record["response_ids"], dtype=torch.long)
     steps = torch.tensor(record["step_map"], dtype=torch.long)
-    last = _first_stop(record["response_ids"], set(model.special_ids.stop_ids))
-    keep = torch.arange(len(resp)) <= last
+    keep = torch.arange(len(resp)) < stop_length(record["response_ids"], set(model.special_ids.stop_ids))
     S = int(steps.max()) + 1
     P = len(prompt)
     out: list[float | None] = [None] * S
@@ -149,8 +142,7 @@ def ce_vs_mask_ratio(model, records, ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 
     stops = set(ids.stop_ids)
     sd = []
     for r in records:  # the SD answer up to and including its first end token
-        cut = _first_stop(r["response_ids"], stops)
-        sd.append(list(r["response_ids"][:cut + 1]))
+        sd.append(list(r["response_ids"][:stop_length(r["response_ids"], stops)]))
     gt = [model.tokenizer(r["answer"], add_special_tokens=False)["input_ids"] + [end] for r in records]
     res = {"mask_ratios": list(ratios), "sd": [], "gt": [], "sd_stderr": [], "gt_stderr": [],
            "n": len(records)}

@@ -47,6 +47,7 @@ import torch
 from .objectives import (DEFAULT_WINDOW, T3D_MASK_FROM, WINDOW_TRUNCATED, dinfer_loss, dinfer_view,
                          eligible_mask, entropy_of, gather_logprobs, log_probs, pack, sft_loss, sft_view,
                          t3d_loss, t3d_view, tabom_loss, tabom_view, window_from_frac)
+from .trajectories import stop_length
 from .utils import atomic_write_json, parse_overrides
 
 TRAIN_METHODS = ("sft_gt", "sft_sd", "dinfer", "t3d", "tabom")
@@ -288,15 +289,6 @@ def build_examples(cfg: TrainConfig, model) -> list[dict]:
                     "order": decode_order(r["step_map"], r["entropy"]).tolist(),
                     "steps": list(r["step_map"])})
     return out
-
-
-def stop_length(response_ids, stop_ids) -> int:
-    """Positions up to and including the first stop token (EOS / end of turn);
-    the whole response when it has none. Everything after it is padding."""
-    for i, t in enumerate(response_ids):
-        if int(t) in stop_ids:
-            return i + 1
-    return len(response_ids)
 
 
 def collate(examples: list[dict], pad_id: int, eos_id: int) -> dict:

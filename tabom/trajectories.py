@@ -49,6 +49,16 @@ class TrajectoryError(ValueError):
     """A trajectory record is missing a field or is inconsistent."""
 
 
+def stop_length(response_ids, stop_ids) -> int:
+    """Positions up to and including the first stop token (EOS / end of turn)
+    of a response; the whole response when it has none. Everything after it
+    is padding (TDS, the CE curve and the padding-aware objectives read it)."""
+    for i, t in enumerate(response_ids):
+        if int(t) in stop_ids:
+            return i + 1
+    return len(response_ids)
+
+
 def validate_record(rec: dict, index: int, where: str = "trajectories") -> None:
     """Raise :class:`TrajectoryError` naming ``where`` and the record index."""
     tag = f"{where}: record {index} (id={rec.get('id')!r})"
