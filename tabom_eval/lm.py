@@ -17,6 +17,7 @@ stratified over the batch, each masked token's NLL weighted by L / k.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -74,6 +75,22 @@ def _as_int(name: str, value) -> int:
     return out
 
 
+def _close_process_group() -> None:
+    """Destroy the process group while the interpreter is still alive.
+
+    A rank that leaves with the gloo group still open can abort at interpreter
+    teardown ("terminate called without an active exception", SIGABRT), which
+    fails the whole ``accelerate launch`` although every result was written.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
 @register_model("tabom_dlm")
 class TabomDLM(LM):
     """lm-eval model wrapping a :class:`tabom.models.DiffusionLM` and the sampler."""
@@ -116,6 +133,7 @@ class TabomDLM(LM):
             self._rank = self._accelerator.process_index
             self._world_size = self._accelerator.num_processes
             device = str(self._accelerator.device)
+            atexit.register(_close_process_group)
         elif kw.get("device"):
             device = kw["device"]
         elif _cli_device and (not str(_cli_device).startswith("cuda") or torch.cuda.is_available()):
