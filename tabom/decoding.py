@@ -52,9 +52,12 @@ from typing import Sequence
 
 import torch
 
+from tabom.canvas import left_padded
+from tabom.models.kv_cache import ContextCache
+
 ORDERS = ("confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
-PROBABILITY_ORDERS = ("confidence", "maskgit_plus", "topk_margin", "random")
 SCHEDULES = ("linear", "timesteps")
+CACHES = ("none", "prefix", "dual")
 PUSH_LAST = 1.0e6  # subtracted from the scores of EOS / end-of-turn proposals
 
 
@@ -78,6 +81,7 @@ class DecodeConfig:
     eos_last: bool = False  # LLaDA confidence_eos_eot_inf: EOS / end-of-turn proposals go last
     early_exit: bool = False  # stop a row once nothing before its first EOS is masked
     seed: int | None = None
+    cache: str = "none"  # none (exact) | prefix | dual: Fast-dLLM's block-wise KV cache
 
     def replace(self, **changes) -> "DecodeConfig":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
@@ -180,6 +184,7 @@ class DecodeConfig:
                  "schedule='timesteps' (no tokens_per_step / threshold)")
         if self.seed is not None:
             need(is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        need(self.cache in CACHES, f"cache={self.cache!r} must be one of {list(CACHES)}")
         return self
 
 
@@ -312,6 +317,101 @@ def _sample_positions(scores, candidates, count, alg_temp, generator):
 
 
 # --------------------------------------------------------------------------
+# one step: proposals, scores, counts, commits
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _Proposal:
+    x0: torch.Tensor  # [A, K] proposed tokens
+    scores: torch.Tensor  # [A, K] higher = commit earlier
+    p_x0: torch.Tensor  # [A, K] probability of x0 under the model's distribution
+    entropy: torch.Tensor | None  # [A, K] entropy (trajectory only)
+
+
+def propose(cfg: DecodeConfig, logits: torch.Tensor, mask_id: int, eos_id: int, stop_ids: torch.Tensor,
+            generator, trajectory: bool) -> _Proposal:
+    """Proposals and order scores for the block's rows (``logits`` fp32, modified in place)."""
+    if cfg.ban_eos:
+        logits[..., eos_id] = float("-inf")
+    # p(x0) for the confidence order and the trajectory uses the model's
+    # distribution (after the EOS ban, as LLaDA does); the mask token itself is
+    # then removed from the proposals only (committing it would be a no-op that
+    # the reference loops silently re-decode).
+    lse = logits.logsumexp(-1)
+    ent = token_entropy(logits) if trajectory else None
+    logits[..., mask_id] = float("-inf")
+    x0, processed = propose_tokens(logits, cfg.temperature, cfg.top_p, cfg.top_k, generator)
+    p_x0 = (logits.gather(-1, x0[..., None]).squeeze(-1) - lse).exp()
+    if cfg.order == "confidence":
+        scores = p_x0
+    else:
+        scores = order_scores(cfg.order, logits, processed, x0, generator)
+    if cfg.eos_last:
+        scores = push_stop_last(scores, x0, stop_ids)
+    return _Proposal(x0, scores, p_x0, ent)
+
+
+def commit_mask(cfg: DecodeConfig, scores: torch.Tensor, candidates: torch.Tensor, step_in_block: torch.Tensor,
+                linear: torch.Tensor | None, generator) -> torch.Tensor:
+    """Boolean [A, K]: which masked positions of the block to commit this step."""
+    spb = cfg.steps_per_block
+    if cfg.order == "origin":
+        ts = torch.linspace(1.0, cfg.eps, spb + 1, device=scores.device)
+        sib = step_in_block
+        p_reveal = torch.where(sib >= spb - 1, torch.ones_like(ts[sib]),
+                               1.0 - ts[(sib + 1).clamp(max=spb)] / ts[sib])
+        u = torch.rand(candidates.shape, device=scores.device, generator=generator)
+        return candidates & (u < p_reveal[:, None])
+    n_masked = candidates.sum(1)
+    if cfg.threshold is not None:  # Fast-dLLM: the best one plus every other >= tau
+        count = ((scores >= cfg.threshold) & candidates).sum(1).clamp(min=1)
+    elif cfg.tokens_per_step is not None:
+        count = torch.full_like(n_masked, cfg.tokens_per_step)
+    elif linear is not None:
+        count = linear[step_in_block.clamp(max=spb - 1)]
+    else:
+        count = timestep_count(n_masked, step_in_block, spb, cfg.eps)
+    count = torch.minimum(count, n_masked)
+    if cfg.alg_temp:
+        return _sample_positions(scores, candidates, count, cfg.alg_temp, generator)
+    return _select_top(scores, candidates, count)
+
+
+class _Recorder:
+    """Step map (always) and, for trajectories, probability / entropy at commit."""
+
+    def __init__(self, B: int, G: int, P: int, trajectory: bool, device, bar=None):
+        self.P = P
+        self.step_map = torch.full((B, G), -1, dtype=torch.long, device=device)
+        self.trajectory = trajectory
+        self.confidence = torch.zeros((B, G), dtype=torch.float32, device=device) if trajectory else None
+        self.entropy = torch.zeros((B, G), dtype=torch.float32, device=device) if trajectory else None
+        self.bar = bar
+
+    def record(self, act: torch.Tensor | None, cols: torch.Tensor, select: torch.Tensor,
+               step: torch.Tensor, prop: _Proposal) -> None:
+        """``act`` None = every row; ``step`` [A] forward index of each row."""
+        resp = cols - self.P
+        self._put(self.step_map, act, resp, select, step[:, None].expand_as(select))
+        if self.trajectory:
+            self._put(self.confidence, act, resp, select, prop.p_x0.float())
+            self._put(self.entropy, act, resp, select, prop.entropy)
+        if self.bar is not None:
+            self.bar.update(int(select.sum()))
+
+    @staticmethod
+    def _put(table, act, resp, select, values):
+        if act is None:
+            old = table.gather(1, resp)
+            table.scatter_(1, resp, torch.where(select, values.to(table.dtype), old))
+        else:
+            sub = table[act]
+            old = sub.gather(1, resp)
+            table[act] = sub.scatter_(1, resp, torch.where(select, values.to(table.dtype), old))
+
+
+# --------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------
 
@@ -327,6 +427,126 @@ def _as_prompt_lists(prompts) -> list[list[int]]:
     return out
 
 
+class _Decoder:
+    """State of one batched decode; the two loops below drive it."""
+
+    def __init__(self, model, rows, cfg: DecodeConfig, generator, trajectory: bool, bar):
+        ids = model.special_ids
+        self.model, self.cfg, self.generator, self.trajectory = model, cfg, generator, trajectory
+        self.ids = ids
+        device = model.device
+        canvas = left_padded(rows, pad_id=ids.pad, fill_id=ids.mask, length=cfg.gen_length, device=device)
+        self.x, self.attn, self.P = canvas.ids, canvas.attention_mask, canvas.prompt_len
+        self.use_attn = canvas.has_padding
+        self.position_ids = canvas.position_ids if self.use_attn else None
+        B, K = len(rows), cfg.block
+        self.B, self.K = B, K
+        self.stop_ids = torch.tensor(ids.stop_ids, device=device)
+        self.linear = None
+        if cfg.threshold is None and cfg.tokens_per_step is None and cfg.schedule == "linear" \
+                and cfg.order != "origin":
+            self.linear = torch.tensor(linear_schedule(K, cfg.steps_per_block), device=device)
+        self.block = torch.zeros(B, dtype=torch.long, device=device)
+        self.step_in_block = torch.zeros(B, dtype=torch.long, device=device)
+        self.nfe = torch.zeros(B, dtype=torch.long, device=device)
+        self.done = torch.zeros(B, dtype=torch.bool, device=device)
+        self.offsets = torch.arange(K, device=device)
+        self.rows = torch.arange(B, device=device)
+        self.rec = _Recorder(B, cfg.gen_length, self.P, trajectory, device, bar)
+
+    def step(self, act: torch.Tensor | None, cols: torch.Tensor, logits: torch.Tensor) -> None:
+        """Commit from ``logits`` ([A, K, V], the block columns ``cols`` of rows ``act``;
+        None = all rows) and advance the rows' block counters."""
+        cfg = self.cfg
+        x = self.x if act is None else self.x[act]
+        nfe = self.nfe if act is None else self.nfe[act]
+        nfe = nfe + 1
+        cur = x.gather(1, cols)
+        candidates = cur == self.ids.mask
+        prop = propose(cfg, logits.float(), self.ids.mask, self.ids.eos, self.stop_ids, self.generator,
+                       self.trajectory)
+        sib = self.step_in_block if act is None else self.step_in_block[act]
+        select = commit_mask(cfg, prop.scores, candidates, sib, self.linear, self.generator)
+        new = torch.where(select, prop.x0, cur)
+        x.scatter_(1, cols, new)
+        self.rec.record(act, cols, select, nfe - 1, prop)
+        finished = ~(new == self.ids.mask).any(1)
+        sib = torch.where(finished, torch.zeros_like(sib), sib + 1)
+        block = (self.block if act is None else self.block[act]) + finished.long()
+        done = block >= cfg.num_blocks
+        if cfg.early_exit:
+            done = done | _answer_settled(x[:, self.P:], self.stop_ids, self.ids.mask)
+        if act is None:
+            self.nfe, self.step_in_block, self.block, self.done = nfe, sib, block, done
+        else:
+            self.x[act], self.nfe[act], self.step_in_block[act] = x, nfe, sib
+            self.block[act], self.done[act] = block, done
+
+    # ---------------------------------------------------------- exact loop
+    def run_exact(self) -> None:
+        """cache=none: every step runs the whole canvas of the rows still decoding."""
+        model, P, K = self.model, self.P, self.K
+        while True:
+            n_done = int(self.done.sum())
+            if n_done == self.B:
+                break
+            act = None if n_done == 0 else (~self.done).nonzero().squeeze(1)
+            block = self.block if act is None else self.block[act]
+            cols = (P + block * K)[:, None] + self.offsets
+            xa = self.x if act is None else self.x[act]
+            attn = None
+            if self.use_attn:
+                attn = self.attn if act is None else self.attn[act]
+            self.step(act, cols, model(xa, attention_mask=attn, positions=cols))
+
+    # --------------------------------------------------------- cached loop
+    def run_cached(self) -> None:
+        """cache=prefix|dual (Fast-dLLM): at each block start one full pass
+        refreshes the keys/values of the whole canvas and commits like any step;
+        then only the block (dual) or the block and everything after it (prefix)
+        is recomputed against the cached context. Dream's logit for column i
+        comes from row i-1, so the recomputed rows start one column earlier.
+
+        All rows decode the same block at a time (a row that finishes its block
+        waits, and is not computed, until the others finish); a row's outputs
+        do not depend on that."""
+        cfg, model, P, K = self.cfg, self.model, self.P, self.K
+        L = self.x.shape[1]
+        shift = model.logit_shift
+        for b in range(cfg.num_blocks):
+            act = (~self.done).nonzero().squeeze(1)
+            if act.numel() == 0:
+                break
+            s, e = P + b * K, P + (b + 1) * K
+            cols = (s + self.offsets)[None].expand(act.numel(), -1)
+            attn = self.attn[act] if self.use_attn else None
+            logits, full = model.forward_refresh(self.x[act], attn, cols)
+            self.step(act, cols, logits)
+            q0, q1 = s - shift, (e if cfg.cache == "dual" else L)
+            spans = [(0, q0)] + ([(q1, L)] if q1 < L else [])
+            context = ContextCache.from_cache(full, spans)
+            del full
+            key_mask = None
+            if self.use_attn:
+                key_mask = torch.cat([self.attn[act, a:z] for a, z in spans] + [self.attn[act, q0:q1]], 1)
+            while True:
+                live = (~self.done[act]) & (self.block[act] == b)
+                n_live = int(live.sum())
+                if n_live == 0:
+                    break
+                if n_live < act.numel():
+                    keep = live.nonzero().squeeze(1)
+                    act = act[keep]
+                    context.keep_rows(keep)
+                    if key_mask is not None:
+                        key_mask = key_mask[keep]
+                    cols = cols[:n_live]
+                pos = (self.position_ids[act, q0:q1] if self.position_ids is not None
+                       else torch.arange(q0, q1, device=self.x.device)[None].expand(act.numel(), -1))
+                logits = model.forward_rows(self.x[act, q0:q1], pos, context, key_mask, n_out=K)
+                self.step(act, cols, logits)
+
+
 @torch.no_grad()
 def generate(model, prompts, config: DecodeConfig | None = None, progress: bool = False,
              trajectory: bool = False, **overrides) -> DecodeOutput:
@@ -340,136 +560,32 @@ def generate(model, prompts, config: DecodeConfig | None = None, progress: bool 
     """
     cfg = (config or DecodeConfig()).replace(**overrides) if overrides else (config or DecodeConfig())
     cfg.validate()
+    check_model_supports(model, cfg)
     rows = _as_prompt_lists(prompts)
-    ids = model.special_ids
     if model.logit_shift and min(len(r) for r in rows) == 0:
         raise ValueError(f"prompts: the {model.family.name} family predicts token i from position i-1, "
                          "so every prompt needs at least one token")
-    device = model.device
     generator = None
     if cfg.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
-
-    B, G, K = len(rows), cfg.gen_length, cfg.block
-    P = max(len(r) for r in rows)
-    x = torch.full((B, P + G), ids.pad, dtype=torch.long, device=device)
-    attn = torch.zeros((B, P + G), dtype=torch.long, device=device)
-    for r, row in enumerate(rows):
-        if row:
-            x[r, P - len(row):P] = torch.tensor(row, dtype=torch.long, device=device)
-        attn[r, P - len(row):] = 1
-    x[:, P:] = ids.mask
-    use_attn = bool((attn == 0).any())
-
-    stop_ids = torch.tensor(ids.stop_ids, device=device)
-    spb = cfg.steps_per_block
-    linear = None
-    if cfg.threshold is None and cfg.tokens_per_step is None and cfg.schedule == "linear":
-        linear = torch.tensor(linear_schedule(K, spb), device=device)
-
-    block = torch.zeros(B, dtype=torch.long, device=device)
-    step_in_block = torch.zeros(B, dtype=torch.long, device=device)
-    nfe = torch.zeros(B, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    step_map = torch.full((B, G), -1, dtype=torch.long, device=device)
-    confidence = entropy = None
-    if trajectory:
-        confidence = torch.zeros((B, G), dtype=torch.float32, device=device)
-        entropy = torch.zeros((B, G), dtype=torch.float32, device=device)
-    offsets = torch.arange(K, device=device)
-    arange_b = torch.arange(B, device=device)
-
+        generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=B * G, desc="decoding", unit="tok", leave=False)
-
-    while not bool(done.all()):
-        all_active = not bool(done.any())
-        act = arange_b if all_active else (~done).nonzero().squeeze(1)
-        xa = x if all_active else x[act]
-        cols = (P + block[act] * K)[:, None] + offsets  # [A, K] canvas columns of the block
-        logits = model(xa, attention_mask=attn[act] if use_attn else None, positions=cols).float()
-        nfe[act] += 1
-        cur = xa.gather(1, cols)
-        candidates = cur == ids.mask
-
-        if cfg.ban_eos:
-            logits[..., ids.eos] = float("-inf")
-        # p(x0) for the confidence order and the trajectory uses the model's
-        # distribution (after the EOS ban, as LLaDA does); the mask token itself
-        # is then removed from the proposals only (committing it would be a
-        # no-op that the reference loops silently re-decode).
-        lse = logits.logsumexp(-1)
-        if trajectory:
-            step_entropy = token_entropy(logits)
-        logits[..., ids.mask] = float("-inf")
-        x0, processed = propose_tokens(logits, cfg.temperature, cfg.top_p, cfg.top_k, generator)
-        p_x0 = (logits.gather(-1, x0[..., None]).squeeze(-1) - lse).exp()
-        if cfg.order == "confidence":
-            scores = p_x0
-        else:
-            scores = order_scores(cfg.order, logits, processed, x0, generator)
-        if cfg.eos_last:
-            scores = push_stop_last(scores, x0, stop_ids)
-
-        n_masked = candidates.sum(1)
-        sib = step_in_block[act]
-        if cfg.order == "origin":
-            ts = torch.linspace(1.0, cfg.eps, spb + 1, device=device)
-            p_reveal = torch.where(sib >= spb - 1, torch.ones_like(ts[sib]),
-                                   1.0 - ts[(sib + 1).clamp(max=spb)] / ts[sib])
-            u = torch.rand(candidates.shape, device=device, generator=generator)
-            select = candidates & (u < p_reveal[:, None])
-        else:
-            if cfg.threshold is not None:
-                above = ((scores >= cfg.threshold) & candidates).sum(1)
-                count = above.clamp(min=1)
-            elif cfg.tokens_per_step is not None:
-                count = torch.full_like(n_masked, cfg.tokens_per_step)
-            elif linear is not None:
-                count = linear[sib.clamp(max=spb - 1)]
-            else:
-                count = timestep_count(n_masked, sib, spb, cfg.eps)
-            count = torch.minimum(count, n_masked)
-            if cfg.alg_temp:
-                select = _sample_positions(scores, candidates, count, cfg.alg_temp, generator)
-            else:
-                select = _select_top(scores, candidates, count)
-
-        new = torch.where(select, x0, cur)
-        xa.scatter_(1, cols, new)
-        if not all_active:
-            x[act] = xa
-        # trajectory records
-        rows_sel, k_sel = select.nonzero(as_tuple=True)
-        if rows_sel.numel():
-            resp_cols = cols[rows_sel, k_sel] - P
-            grow = act[rows_sel]
-            step_map[grow, resp_cols] = nfe[grow] - 1
-            if trajectory:
-                confidence[grow, resp_cols] = p_x0[rows_sel, k_sel].float()
-                entropy[grow, resp_cols] = step_entropy[rows_sel, k_sel]
-            if bar is not None:
-                bar.update(int(rows_sel.numel()))
-
-        # advance blocks
-        left = (new == ids.mask).sum(1)
-        finished_block = left == 0
-        step_in_block[act] = torch.where(finished_block, torch.zeros_like(sib), sib + 1)
-        block[act] = block[act] + finished_block.long()
-        done[act] = block[act] >= cfg.num_blocks
-        if cfg.early_exit:
-            done[act] |= _answer_settled(x[act, P:], stop_ids, ids.mask)
+        bar = tqdm(total=len(rows) * cfg.gen_length, desc="decoding", unit="tok", leave=False)
+    dec = _Decoder(model, rows, cfg, generator, trajectory, bar)
+    if cfg.cache == "none":
+        dec.run_exact()
+    else:
+        dec.run_cached()
     if bar is not None:
         bar.close()
 
-    seqs = x[:, P:]
+    seqs = dec.x[:, dec.P:]
+    ids = model.special_ids
     token_ids, texts = [], []
     tok = getattr(model, "tokenizer", None)
-    for r in range(B):
-        row = seqs[r].tolist()
+    for row in seqs.tolist():
         cut = len(row)
         for j, t in enumerate(row):
             if t in ids.stop_ids or t == ids.mask:
@@ -477,11 +593,22 @@ def generate(model, prompts, config: DecodeConfig | None = None, progress: bool 
                 break
         token_ids.append(row[:cut])
         texts.append(tok.decode(row[:cut], skip_special_tokens=True) if tok is not None else "")
-    return DecodeOutput(sequences=seqs.cpu(), token_ids=token_ids, texts=texts, nfe=nfe.tolist(),
-                        step_map=step_map.cpu(),
-                        confidence=confidence.cpu() if trajectory else None,
-                        entropy=entropy.cpu() if trajectory else None,
+    rec = dec.rec
+    return DecodeOutput(sequences=seqs.cpu(), token_ids=token_ids, texts=texts, nfe=dec.nfe.tolist(),
+                        step_map=rec.step_map.cpu(),
+                        confidence=rec.confidence.cpu() if trajectory else None,
+                        entropy=rec.entropy.cpu() if trajectory else None,
                         config=cfg.to_dict())
+
+
+def check_model_supports(model, cfg: DecodeConfig) -> None:
+    """Errors for settings this model cannot run, before any forward pass."""
+    if cfg.cache != "none" and not getattr(model, "is_native", False):
+        raise ValueError(
+            f"cache={cfg.cache!r} needs a natively loaded llada or dream checkpoint (the KV cache is "
+            "built on transformers' Llama / Qwen2 modules); this model was loaded through remote "
+            "code: use cache=none"
+        )
 
 
 def _answer_settled(resp: torch.Tensor, stop_ids: torch.Tensor, mask_id: int) -> torch.Tensor:

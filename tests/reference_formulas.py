@@ -125,3 +125,145 @@ def load_published_state_dict(directory):
     for f in sorted(Path(directory).glob("*.safetensors")):
         sd.update(load_file(str(f)))
     return sd
+
+
+# --------------------------------------------------------------------------
+# Fast-dLLM's block-wise KV cache, written from its semantics
+# (NVlabs/Fast-dLLM llada/generate.py generate_with_prefix_cache /
+# generate_with_dual_cache): a full pass at each block start stores every
+# layer's keys and values (rotary applied); later passes of the block compute
+# only some rows, whose queries attend to the stored keys/values of the
+# context columns plus the rows' own fresh keys/values.
+# One unpadded row at a time, so nothing here is shared with the batched code.
+# --------------------------------------------------------------------------
+
+
+def _layer_weights(family, sd, raw, i):
+    if family == "llada":
+        b = f"model.transformer.blocks.{i}."
+        return dict(norm1=sd[b + "attn_norm.weight"], wq=sd[b + "q_proj.weight"], wk=sd[b + "k_proj.weight"],
+                    wv=sd[b + "v_proj.weight"], wo=sd[b + "attn_out.weight"], bq=None, bk=None, bv=None,
+                    norm2=sd[b + "ff_norm.weight"], gate=sd[b + "ff_proj.weight"], up=sd[b + "up_proj.weight"],
+                    down=sd[b + "ff_out.weight"])
+    b = f"model.layers.{i}."
+    a = b + "self_attn."
+    return dict(norm1=sd[b + "input_layernorm.weight"], wq=sd[a + "q_proj.weight"], wk=sd[a + "k_proj.weight"],
+                wv=sd[a + "v_proj.weight"], wo=sd[a + "o_proj.weight"], bq=sd[a + "q_proj.bias"],
+                bk=sd[a + "k_proj.bias"], bv=sd[a + "v_proj.bias"], norm2=sd[b + "post_attention_layernorm.weight"],
+                gate=sd[b + "mlp.gate_proj.weight"], up=sd[b + "mlp.up_proj.weight"], down=sd[b + "mlp.down_proj.weight"])
+
+
+def _arch(family, raw):
+    if family == "llada":
+        return raw["n_layers"], raw["n_heads"], raw.get("n_kv_heads") or raw["n_heads"]
+    return raw["num_hidden_layers"], raw["num_attention_heads"], raw.get("num_key_value_heads") or raw["num_attention_heads"]
+
+
+def _embed_and_head(family, sd, raw):
+    if family == "llada":
+        p = "model.transformer."
+        head = sd[p + "wte.weight"] if raw.get("weight_tying") else sd[p + "ff_out.weight"]
+        return sd[p + "wte.weight"], sd[p + "ln_f.weight"], head
+    head = sd["model.embed_tokens.weight"] if raw.get("tie_word_embeddings") else sd["lm_head.weight"]
+    return sd["model.embed_tokens.weight"], sd["model.norm.weight"], head
+
+
+def kv_forward(family, sd, raw, ids, first=0, context=None):
+    """Hidden-state logits (not shifted) of columns ``first ..`` of one row ``ids`` ([1, L]).
+
+    ``context`` None: a full pass (``first`` must be 0); returns (logits, kv)
+    with kv the list of each layer's (keys, values) [1, H_kv, L, D].
+    Otherwise ``context = (kv, cols)``: only the columns ``first .. L-1`` of
+    ``ids`` are computed; at every layer their queries attend to the stored
+    keys/values of ``cols`` plus their own. Returns (logits, None).
+    """
+    n_layers, n_heads, n_kv = _arch(family, raw)
+    eps, theta = raw["rms_norm_eps"], raw["rope_theta"]
+    wte, norm_f, head = _embed_and_head(family, sd, raw)
+    rows = ids[:, first:]
+    T = rows.shape[1]
+    pos = torch.arange(first, first + T)[None]
+    x = F.embedding(rows, wte)
+    stored = []
+    for i in range(n_layers):
+        w = _layer_weights(family, sd, raw, i)
+        h = rms_norm(x, w["norm1"], eps)
+        D = h.shape[-1]
+        hd = D // n_heads
+        q = F.linear(h, w["wq"], w["bq"]).view(1, T, n_heads, hd).transpose(1, 2)
+        k = F.linear(h, w["wk"], w["bk"]).view(1, T, n_kv, hd).transpose(1, 2)
+        v = F.linear(h, w["wv"], w["bv"]).view(1, T, n_kv, hd).transpose(1, 2)
+        q, k = rotary(q, k, pos, theta)
+        if context is None:
+            stored.append((k, v))
+            keys, values = k, v
+        else:
+            kv, cols = context
+            idx = torch.tensor(cols, dtype=torch.long)
+            keys = torch.cat([kv[i][0][:, :, idx], k], dim=2)
+            values = torch.cat([kv[i][1][:, :, idx], v], dim=2)
+        if n_kv != n_heads:
+            keys = keys.repeat_interleave(n_heads // n_kv, dim=1)
+            values = values.repeat_interleave(n_heads // n_kv, dim=1)
+        att = ((q @ keys.transpose(-1, -2)) / math.sqrt(hd)).softmax(-1) @ values
+        x = x + F.linear(att.transpose(1, 2).reshape(1, T, D), w["wo"])
+        h = rms_norm(x, w["norm2"], eps)
+        x = x + F.linear(F.silu(F.linear(h, w["gate"])) * F.linear(h, w["up"]), w["down"])
+    logits = F.linear(rms_norm(x, norm_f, eps), head)
+    return logits, (stored if context is None else None)
+
+
+def fast_dllm_decode(family, sd, raw, prompt, mask_id, gen_length, block_length, cache,
+                     steps=None, threshold=None):
+    """Greedy confidence-order decode of one prompt with Fast-dLLM's cache semantics.
+
+    ``cache``: "none" (every step a full pass), "prefix" or "dual". The
+    schedule is LLaDA's linear split of ``steps`` per block, or the threshold
+    rule (the best masked token plus every other with p >= threshold). As in
+    the toolkit's sampler, the mask token is never proposed. Dream's logit for
+    column c comes from the hidden state at c - 1, so its recomputed rows start
+    one column before the block. Returns (response tokens, forward passes).
+    """
+    shift = 1 if family == "dream" else 0
+    P = len(prompt)
+    x = torch.tensor([list(prompt) + [mask_id] * gen_length])
+    L = x.shape[1]
+    n_blocks = gen_length // block_length
+    nfe = 0
+    for blk in range(n_blocks):
+        s, e = P + blk * block_length, P + (blk + 1) * block_length
+        if steps is not None:
+            per = steps // n_blocks
+            base, rem = divmod(block_length, per)
+            counts = [base + (1 if i < rem else 0) for i in range(per)]
+        step = 0
+        kv = None
+        while bool((x[0, s:e] == mask_id).any()):
+            if cache == "none" or step == 0:
+                logits, kv_new = kv_forward(family, sd, raw, x)
+                if step == 0:
+                    kv = kv_new
+                block_logits = logits[0, s - shift:e - shift]
+            else:
+                q0 = s - shift
+                q1 = e if cache == "dual" else L
+                cols = list(range(q0)) + list(range(q1, L))
+                logits, _ = kv_forward(family, sd, raw, x[:, :q1], first=q0, context=(kv, cols))
+                block_logits = logits[0, :block_length]
+            nfe += 1
+            lg = block_logits.float().clone()
+            p = lg.softmax(-1)
+            lg[:, mask_id] = float("-inf")
+            x0 = lg.argmax(-1)
+            conf = p.gather(-1, x0[:, None]).squeeze(-1)
+            masked = x[0, s:e] == mask_id
+            conf = torch.where(masked, conf, torch.full_like(conf, float("-inf")))
+            n_masked = int(masked.sum())
+            if threshold is not None:
+                k = max(1, int(((conf >= threshold) & masked).sum()))
+            else:
+                k = min(counts[min(step, len(counts) - 1)], n_masked)
+            order = torch.argsort(conf, descending=True, stable=True)[:k]
+            x[0, s + order] = x0[order]
+            step += 1
+    return x[0, P:].tolist(), nfe

@@ -139,6 +139,64 @@ class DiffusionLM(nn.Module):
             return hidden
         return self.project(hidden)
 
+    # ------------------------------------------------------ cached decoding
+    def _need_native(self, what: str) -> None:
+        if not self.is_native:
+            raise NotImplementedError(
+                f"{what} needs a natively loaded family (llada, dream): the KV cache is built on "
+                "transformers' Llama / Qwen2 modules; remote-code backbones support cache=none only"
+            )
+
+    def _decoder_call(self, **kwargs):
+        decoder = self.backbone.get_decoder()
+        cache = kwargs.pop("cache", None)
+        if cache is not None:
+            # transformers renamed past_key_values -> cache (5.2x); accept either.
+            name = getattr(self, "_cache_kwarg", None)
+            if name is None:
+                import inspect
+
+                params = inspect.signature(decoder.forward).parameters
+                name = "cache" if "cache" in params else "past_key_values"
+                self._cache_kwarg = name
+            kwargs[name] = cache
+        return decoder(**kwargs)
+
+    def forward_refresh(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                        positions: torch.Tensor):
+        """One full pass that also returns every layer's keys/values.
+
+        Returns (logits at ``positions`` [B, K, V], the pass's ``DynamicCache``).
+        """
+        self._need_native("cache=prefix|dual")
+        from transformers import DynamicCache
+
+        attention_mask, position_ids = self._decoder_inputs(input_ids, attention_mask)
+        cache = DynamicCache(config=self.backbone.config)
+        out = self._decoder_call(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids, cache=cache, use_cache=True)
+        hidden = out.last_hidden_state
+        src = self.source_positions(positions.to(input_ids.device))
+        hidden = hidden.gather(1, src.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return self.project(hidden), cache
+
+    def forward_rows(self, input_ids: torch.Tensor, position_ids: torch.Tensor, context,
+                     key_mask: torch.Tensor | None, n_out: int) -> torch.Tensor:
+        """Recompute only the rows ``input_ids`` ([B, Q], at ``position_ids``)
+        against a :class:`~tabom.models.kv_cache.ContextCache`; return the logits
+        of the first ``n_out`` rows' hidden states ([B, n_out, V]).
+
+        ``key_mask`` ([B, context + Q], 1 = attend) lists the context columns
+        then the rows; None attends to everything.
+        """
+        mask = None
+        if key_mask is not None:
+            B, Q = input_ids.shape
+            mask = key_mask.bool()[:, None, None, :].expand(B, 1, Q, key_mask.shape[1])
+        out = self._decoder_call(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                 cache=context, use_cache=True)
+        return self.project(out.last_hidden_state[:, :n_out])
+
     def _forward_remote(self, input_ids, attention_mask, positions, return_hidden):
         if return_hidden:
             raise NotImplementedError("return_hidden needs a natively loaded family")
