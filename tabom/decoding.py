@@ -38,6 +38,20 @@ at temperature 0, otherwise Gumbel-max sampling in float64 (LLaDA's
 sampler, written in log space; the same distribution as Dream's categorical
 sampling).
 
+KV cache (``cache``, Fast-dLLM ``generate_with_prefix_cache`` /
+``generate_with_dual_cache``; natively loaded llada / dream only):
+
+- ``none``   every step runs the whole canvas (exact; the default).
+- ``prefix`` at each block start one full pass commits like any step and
+  stores every layer's keys/values; the block's later steps recompute the
+  block and everything after it against the stored prefix.
+- ``dual``   as prefix, but only the block is recomputed, against the stored
+  prefix and suffix.
+Dream predicts column i from row i-1, so its recomputed rows start one column
+before the block (the row before it sees the new block tokens). Every order,
+schedule, threshold, k, EOS option and early exit works with the cache; all
+rows decode the same block at a time.
+
 Batching: prompts of different lengths are left-padded and masked out of
 attention with re-based positions, so a row's greedy output does not depend
 on the batch it is in.

@@ -26,6 +26,7 @@ import math
 import torch
 
 from .objectives import entropy_of, gather_logprobs, log_probs
+from .canvas import left_padded
 from .trajectories import stop_length
 from .utils import atomic_write_json
 
@@ -102,14 +103,11 @@ def masked_ce(model, prompt_ids: list[int], responses: list[list[int]], ratio: f
         rows = list(zip(prompt_ids[i:i + batch_size], responses[i:i + batch_size]))
         P = max(len(p) for p, _ in rows)
         G = max(len(r) for _, r in rows)
-        x = torch.full((len(rows), P + G), model.special_ids.pad, dtype=torch.long)
-        attn = torch.zeros_like(x)
+        canvas = left_padded([p for p, _ in rows], responses=[r for _, r in rows], length=G,
+                             pad_id=model.special_ids.pad, fill_id=model.special_ids.eos, attend_fill=False)
+        x, attn = canvas.ids, canvas.attention_mask
         masks = []
         for b, (p, r) in enumerate(rows):
-            x[b, P - len(p):P] = torch.tensor(p)
-            x[b, P:P + len(r)] = torch.tensor(r)
-            x[b, P + len(r):] = model.special_ids.eos
-            attn[b, P - len(p):P + len(r)] = 1
             k = max(1, round(ratio * len(r)))
             idx = torch.randperm(len(r), generator=generator)[:k]
             masks.append(idx)

@@ -47,6 +47,7 @@ import torch
 from .objectives import (DEFAULT_WINDOW, T3D_MASK_FROM, WINDOW_TRUNCATED, dinfer_loss, dinfer_view,
                          eligible_mask, entropy_of, gather_logprobs, log_probs, pack, sft_loss, sft_view,
                          t3d_loss, t3d_view, tabom_loss, tabom_view, window_from_frac)
+from .canvas import left_padded
 from .trajectories import stop_length
 from .utils import atomic_write_json, parse_overrides
 
@@ -299,16 +300,13 @@ def collate(examples: list[dict], pad_id: int, eos_id: int) -> dict:
     B = len(examples)
     P = max(len(e["prompt_ids"]) for e in examples)
     G = max(e["length"] for e in examples)
-    x = torch.full((B, P + G), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P + G), dtype=torch.long)
+    canvas = left_padded([e["prompt_ids"] for e in examples], responses=[e["response_ids"] for e in examples],
+                         length=G, pad_id=pad_id, fill_id=eos_id, attend_fill=True)
+    x, attn = canvas.ids, canvas.attention_mask
     order = torch.full((B, G), -1, dtype=torch.long)
     steps = torch.full((B, G), -1, dtype=torch.long)
     for b, e in enumerate(examples):
-        p, r = e["prompt_ids"], e["response_ids"]
-        x[b, P - len(p):P] = torch.tensor(p)
-        x[b, P:P + len(r)] = torch.tensor(r)
-        x[b, P + len(r):] = eos_id
-        attn[b, P - len(p):] = 1
+        r = e["response_ids"]
         if e["order"] is not None:
             order[b, :len(r)] = torch.tensor(e["order"])
             steps[b, :len(r)] = torch.tensor(e["steps"])

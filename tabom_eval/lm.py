@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 SAMPLER_KEYS = tuple(f for f in DecodeConfig.__dataclass_fields__)  # every DecodeConfig field
 MODEL_KEYS = ("pretrained", "peft", "merge_peft", "family", "dtype", "device", "batch_size",
               "max_batch_size", "revision", "trust_remote_code", "mc_num", "mc_batch_size",
-              "max_length", "samples_file", "system_prompt")
+              "max_length", "samples_file", "system_prompt", "check_greedy")
 ACCEPTED_KEYS = MODEL_KEYS + SAMPLER_KEYS
 # HF generate() keys that tasks commonly carry and that mean nothing to a diffusion sampler.
 IGNORED_GEN_KEYS = ("do_sample", "num_beams", "max_length", "min_length", "repetition_penalty",
@@ -121,6 +121,10 @@ class TabomDLM(LM):
         if not pretrained:
             raise ValueError("tabom_dlm: model_args must include pretrained=<Hub id or local folder>")
         kw = {k: _coerce(v) for k, v in kwargs.items()}
+        check_greedy = kw.get("check_greedy", True)
+        if not isinstance(check_greedy, bool):
+            raise ValueError(f"tabom_dlm: check_greedy={check_greedy!r} must be true or false")
+        self.check_greedy = check_greedy
 
         from tabom.models import load_adapter, load_model
 
@@ -179,7 +183,8 @@ class TabomDLM(LM):
         """Short hash of everything that changes the model's outputs."""
         blob = json.dumps({"pretrained": self.pretrained, "peft": self.peft,
                            "decoder": self.decode_defaults.to_dict(), "mc_num": self.mc_num,
-                           "system_prompt": self.system_prompt}, sort_keys=True)
+                           "system_prompt": self.system_prompt,
+                           **({} if self.check_greedy else {"check_greedy": False})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     cache_fingerprint = fingerprint
@@ -190,7 +195,8 @@ class TabomDLM(LM):
         name = self.pretrained + (f"+{self.peft}" if self.peft else "")
         steps = d.steps or (f"k{d.tokens_per_step}" if d.tokens_per_step else
                             (f"tau{d.threshold}" if d.threshold else d.gen_length))
-        return f"{name}[{d.order},gen{d.gen_length},steps{steps},block{d.block},T{d.temperature}]"
+        cache = "" if d.cache == "none" else f",cache-{d.cache}"
+        return f"{name}[{d.order},gen{d.gen_length},steps{steps},block{d.block},T{d.temperature}{cache}]"
 
     def get_model_info(self) -> dict:
         return {
@@ -388,7 +394,7 @@ class TabomDLM(LM):
             if self.model.logit_shift and not prefix:
                 raise ValueError("tabom_dlm: Dream-family models need a non-empty context for loglikelihood")
             ll = self.monte_carlo_loglikelihood(prefix, target, gen)
-            greedy = self._suffix_greedy(prefix, target)
+            greedy = self._suffix_greedy(prefix, target) if self.check_greedy else False
             out.append((ll, greedy))
             self.cache_hook.add_partial("loglikelihood", req.args, (ll, greedy))
         return out

@@ -87,6 +87,49 @@ def test_single_token_loglikelihood_is_exact(lm):
     assert isinstance(res[0][0], float) and isinstance(res[0][1], bool)
 
 
+def test_check_greedy(lm, monkeypatch):
+    """is_greedy is True exactly when greedy decoding reproduces the continuation;
+    check_greedy=false skips that decode and reports False."""
+    ctx = "Question: 2 + 2 ="
+    prefix = lm._encode(ctx)
+    greedy_ids = generate(lm.model, [prefix], gen_length=3, order="confidence").sequences[0].tolist()
+    cont = lm.tokenizer.decode(greedy_ids)
+    if lm._encode(ctx + cont)[len(prefix):] != greedy_ids:
+        pytest.skip("greedy tokens do not round-trip through the tokenizer")
+    other = [t for t in range(5, 60) if t not in greedy_ids][:3]
+    res = lm.loglikelihood([_req(ctx, cont, kind="loglikelihood"),
+                            _req(ctx, lm.tokenizer.decode(other), 1, kind="loglikelihood")], disable_tqdm=True)
+    assert res[0][1] is True and res[1][1] is False
+    from tabom_eval.lm import TabomDLM
+
+    fast = TabomDLM(pretrained=lm.pretrained, gen_length=16, block_length=8, mc_num=8, mc_batch_size=4,
+                    check_greedy="false")
+    monkeypatch.setattr(fast, "_suffix_greedy", lambda *a: pytest.fail("decoded although check_greedy=false"))
+    out = fast.loglikelihood([_req(ctx, cont, kind="loglikelihood")], disable_tqdm=True)
+    assert out[0][1] is False and out[0][0] == pytest.approx(res[0][0])
+    assert fast.fingerprint != lm.fingerprint
+    with pytest.raises(ValueError, match="check_greedy='maybe' must be true or false"):
+        TabomDLM(pretrained=lm.pretrained, check_greedy="maybe")
+
+
+def test_cache_model_arg_runs_the_cached_decoder(lm):
+    from tabom_eval.lm import TabomDLM
+
+    dual = TabomDLM(pretrained=lm.pretrained, gen_length=16, block_length=8, batch_size=2,
+                    cache="dual", threshold=0.9)
+    contexts = ["Question: 1 + 1 =", "Hi", "A longer question about apples and pears?"]
+    outs = dual.generate_until([_req(c, {"until": ["zz"], "max_gen_toks": 16}, i)
+                                for i, c in enumerate(contexts)], disable_tqdm=True)
+    cfg = dual.decode_config_for({"max_gen_toks": 16})[0]
+    assert cfg.cache == "dual" and cfg.threshold == 0.9
+    for c, o in zip(contexts, outs):
+        assert o == generate(dual.model, [dual._encode(c)], cfg).texts[0].split("zz")[0]
+    assert "cache-dual" in dual.model_name and dual.fingerprint != lm.fingerprint
+    assert dual.get_model_info()["tabom_decoder"]["cache"] == "dual"
+    with pytest.raises(ValueError, match=r"cache='kv' must be one of \['none', 'prefix', 'dual'\]"):
+        TabomDLM(pretrained=lm.pretrained, cache="kv")
+
+
 def test_loglikelihood_rolling_refused(lm):
     with pytest.raises(NotImplementedError, match="loglikelihood_rolling"):
         lm.loglikelihood_rolling([])
