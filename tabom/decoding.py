@@ -355,8 +355,13 @@ def propose(cfg: DecodeConfig, logits: torch.Tensor, mask_id: int, eos_id: int, 
     lse = logits.logsumexp(-1)
     ent = token_entropy(logits) if trajectory else None
     logits[..., mask_id] = float("-inf")
-    x0, processed = propose_tokens(logits, cfg.temperature, cfg.top_p, cfg.top_k, generator)
-    p_x0 = (logits.gather(-1, x0[..., None]).squeeze(-1) - lse).exp()
+    if cfg.temperature == 0 and cfg.top_p is None and cfg.top_k is None:
+        top, x0 = logits.max(-1)  # greedy: the proposal and its logit in one pass
+        processed = logits
+        p_x0 = (top - lse).exp()
+    else:
+        x0, processed = propose_tokens(logits, cfg.temperature, cfg.top_p, cfg.top_k, generator)
+        p_x0 = (logits.gather(-1, x0[..., None]).squeeze(-1) - lse).exp()
     if cfg.order == "confidence":
         scores = p_x0
     else:
@@ -484,9 +489,9 @@ class _Decoder:
         new = torch.where(select, prop.x0, cur)
         x.scatter_(1, cols, new)
         self.rec.record(act, cols, select, nfe - 1, prop)
-        finished = ~(new == self.ids.mask).any(1)
-        sib = torch.where(finished, torch.zeros_like(sib), sib + 1)
-        block = (self.block if act is None else self.block[act]) + finished.long()
+        finished = (new != self.ids.mask).all(1)
+        sib = (sib + 1).masked_fill_(finished, 0)
+        block = (self.block if act is None else self.block[act]) + finished
         done = block >= cfg.num_blocks
         if cfg.early_exit:
             done = done | _answer_settled(x[:, self.P:], self.stop_ids, self.ids.mask)
