@@ -198,6 +198,10 @@ class DecodeConfig:
                  "schedule='timesteps' (no tokens_per_step / threshold)")
         if self.seed is not None:
             need(is_int(self.seed), f"seed={self.seed!r} must be an integer")
+        for name in ("ban_eos", "eos_last", "early_exit"):
+            value = getattr(self, name)
+            need(isinstance(value, bool), f"{name}={value!r} must be true or false (a boolean, "
+                                          f"not {type(value).__name__})")
         need(self.cache in CACHES, f"cache={self.cache!r} must be one of {list(CACHES)}")
         return self
 

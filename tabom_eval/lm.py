@@ -65,14 +65,83 @@ def _coerce(value: Any) -> Any:
     return value
 
 
+# model_args whose values are text: "none" still means None, but digits stay text
+# (a revision "1234", a system prompt "42").
+STRING_KEYS = ("peft", "family", "device", "revision", "samples_file", "system_prompt")
+# model_args and sampler settings that accept only true / false.
+BOOL_KEYS = ("merge_peft", "trust_remote_code", "check_greedy", "ban_eos", "eos_last", "early_exit")
+# model_args that are counts (integers >= 1).
+INT_KEYS = ("batch_size", "max_batch_size", "mc_num", "mc_batch_size", "max_length")
+
+
 def _as_int(name: str, value) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"tabom_dlm: {name}={value!r} must be an integer >= 1")
+    return value
+
+
+def _as_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"tabom_dlm: {name}={value!r} must be true or false")
+    return value
+
+
+def _check_peft(peft) -> str | None:
+    """``peft``: an existing adapter folder, or something that can be a Hub id ('org/name')."""
+    if peft is None:
+        return None
+    text = str(peft)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"tabom_dlm: peft={text!r}: no adapter_config.json in that folder")
+        return text
+    if path.exists():
+        raise ValueError(f"tabom_dlm: peft={text!r} is a file; give the adapter folder")
+    if text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(
+            f"tabom_dlm: peft={text!r}: no such adapter folder, and it is not a Hub id of the "
+            "form 'org/name'"
+        )
+    return text
+
+
+def _family_hint(pretrained: str, family):
+    """The model family, known before any weight is read: ``family=`` when given (an
+    unknown name is refused here), else a local checkpoint's config.json; None when
+    only the download would tell (a Hub id)."""
+    from tabom.models import family_for_model_type, get_family
+
+    if family is not None:
+        return get_family(family)
+    cfg = Path(str(pretrained)).expanduser() / "config.json"
     try:
-        out = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be an integer") from None
-    if out < 1:
-        raise ValueError(f"{name}={value!r} must be >= 1")
-    return out
+        return family_for_model_type(json.loads(cfg.read_text()).get("model_type"), str(cfg))
+    except Exception:  # noqa: BLE001 -- unreadable here: load_model names the problem
+        return None
+
+
+def _check_sampler(sampler: dict, family) -> None:
+    """The user's sampler settings, checked before loading: with the family's
+    defaults when the family is known already, else against every family (an error
+    for the actual family then surfaces once the checkpoint names it)."""
+    from tabom.models import FAMILIES
+
+    first = None
+    for fam in ([family] if family is not None else list(FAMILIES.values())):
+        try:
+            try:
+                DecodeConfig.for_family(fam, **sampler).validate()
+            except TypeError:  # a value of the wrong type (gen_length='abc'): validate() names it
+                DecodeConfig().replace(**sampler).validate()
+                raise
+            return
+        except ValueError as err:
+            if first is None:
+                first = err
+    raise ValueError(f"tabom_dlm: {first}") from None
 
 
 def _close_process_group() -> None:
@@ -121,12 +190,36 @@ class TabomDLM(LM):
         if not pretrained:
             raise ValueError("tabom_dlm: model_args must include pretrained=<Hub id or local folder>")
         kw = {k: _coerce(v) for k, v in kwargs.items()}
-        check_greedy = kw.get("check_greedy", True)
-        if not isinstance(check_greedy, bool):
-            raise ValueError(f"tabom_dlm: check_greedy={check_greedy!r} must be true or false")
-        self.check_greedy = check_greedy
+        for key in STRING_KEYS:  # text stays text ("none" -> None)
+            if kw.get(key) is not None:
+                raw = kwargs[key]
+                kw[key] = raw if isinstance(raw, str) or key in ("device", "family") else str(raw)
 
-        from tabom.models import load_adapter, load_model
+        # ---- every argument is checked here, before any weight is read
+        from tabom.models import check_device, load_adapter, load_model, resolve_dtype
+
+        flags = {k: _as_bool(k, kw[k]) for k in BOOL_KEYS if k in kw}
+        self.check_greedy = flags.get("check_greedy", True)
+        bs = kw.get("batch_size", 1)
+        if isinstance(bs, str) and bs.startswith("auto"):
+            logger.warning("tabom_dlm: batch_size=auto is not supported; using max_batch_size or 1")
+            bs = kw.get("max_batch_size") or 1
+        counts = {k: _as_int(k, kw[k]) for k in INT_KEYS if k != "batch_size" and kw.get(k) is not None}
+        self.batch_size = _as_int("batch_size", bs)
+        self.mc_num = counts.get("mc_num", 128)
+        self.mc_batch_size = counts.get("mc_batch_size", min(32, self.mc_num))
+        if self.mc_num % self.mc_batch_size:
+            raise ValueError(f"tabom_dlm: mc_num={self.mc_num} must be a multiple of "
+                             f"mc_batch_size={self.mc_batch_size}")
+        try:
+            resolve_dtype(kw.get("dtype"))
+        except ValueError as err:
+            raise ValueError(f"tabom_dlm: {err}") from None
+        self.peft = _check_peft(kw.get("peft"))
+        family = _family_hint(str(pretrained), kw.get("family"))
+        sampler = {k: kw[k] for k in SAMPLER_KEYS if k in kw and kw[k] is not None}
+        sampler.update({k: v for k, v in flags.items() if k in SAMPLER_KEYS})
+        _check_sampler(sampler, family)
 
         self._accelerator = None
         self._rank, self._world_size = 0, 1
@@ -146,34 +239,28 @@ class TabomDLM(LM):
             if _cli_device and str(_cli_device) != "cpu":
                 logger.warning("tabom_dlm: --device %s is not available here; using the CPU", _cli_device)
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        check_device(device)
 
+        # ---- load
         self.pretrained = str(pretrained)
-        self.peft = kw.get("peft")
         self.model = load_model(pretrained, family=kw.get("family"), dtype=kw.get("dtype"),
                                 device=device, revision=kw.get("revision"),
-                                trust_remote_code=bool(kw.get("trust_remote_code", False)))
+                                trust_remote_code=flags.get("trust_remote_code", False))
         if self.peft:
-            load_adapter(self.model, self.peft, merge=bool(kw.get("merge_peft", False)))
+            load_adapter(self.model, self.peft, merge=flags.get("merge_peft", False))
         self.model.eval()
         self.tokenizer = self.model.tokenizer
         self._device = self.model.device
 
-        bs = kw.get("batch_size", 1)
-        if isinstance(bs, str) and bs.startswith("auto"):
-            logger.warning("tabom_dlm: batch_size=auto is not supported; using max_batch_size or 1")
-            bs = kw.get("max_batch_size") or 1
-        self.batch_size = _as_int("batch_size", bs)
-        self.mc_num = _as_int("mc_num", kw.get("mc_num", 128))
-        self.mc_batch_size = _as_int("mc_batch_size", kw.get("mc_batch_size", min(32, self.mc_num)))
-        if self.mc_num % self.mc_batch_size:
-            raise ValueError(f"mc_num={self.mc_num} must be a multiple of mc_batch_size={self.mc_batch_size}")
-        self.max_length = int(kw.get("max_length") or getattr(self.model.config, "max_position_embeddings", 4096))
+        self.max_length = counts.get("max_length") or int(
+            getattr(self.model.config, "max_position_embeddings", 4096))
         self.system_prompt = kw.get("system_prompt")
         self.samples_file = kw.get("samples_file")
 
-        sampler = {k: kw[k] for k in SAMPLER_KEYS if k in kw and kw[k] is not None}
-        self.decode_defaults = DecodeConfig.for_family(self.model.family, **sampler)
-        self.decode_defaults.validate()
+        # the family's defaults need the loaded model; the user's values were checked above
+        self.decode_defaults = DecodeConfig.for_family(self.model.family, **sampler).validate()
+        # the decoder settings that actually ran, per task (see get_model_info)
+        self._task_decoders: dict[str, list[DecodeConfig]] = {}
         self._chat_template_used = False
         self._side_path: Path | None = None
 
@@ -191,17 +278,41 @@ class TabomDLM(LM):
 
     @property
     def model_name(self) -> str:
-        d = self.decode_defaults
+        """Checkpoint, adapter and the model_args decoder (a task's generation_kwargs
+        may override it: see ``tabom_decoder_per_task`` in :meth:`get_model_info`)."""
+        return self._name_for(self.decode_defaults)
+
+    def _name_for(self, d: DecodeConfig) -> str:
         name = self.pretrained + (f"+{self.peft}" if self.peft else "")
         steps = d.steps or (f"k{d.tokens_per_step}" if d.tokens_per_step else
                             (f"tau{d.threshold}" if d.threshold else d.gen_length))
         cache = "" if d.cache == "none" else f",cache-{d.cache}"
         return f"{name}[{d.order},gen{d.gen_length},steps{steps},block{d.block},T{d.temperature}{cache}]"
 
+    def _record_task_decoder(self, task: str | None, cfg: DecodeConfig) -> None:
+        seen = self._task_decoders.setdefault(str(task), [])
+        if cfg not in seen:
+            seen.append(cfg)
+
     def get_model_info(self) -> dict:
+        """What lm-eval writes into results.json's ``config``.
+
+        ``model_name`` / ``tabom_decoder`` are the model_args defaults;
+        ``tabom_decoder_per_task`` / ``tabom_model_name_per_task`` are the decoder
+        settings that actually ran for each task this process generated for
+        (one dict / name, or a list when a task's requests used several). Tasks
+        answered wholly from lm-eval's request cache do not appear there.
+        """
+        def one_or_list(items):
+            return items[0] if len(items) == 1 else items
+
         return {
             "model_name": self.model_name,
             "tabom_decoder": self.decode_defaults.to_dict(),
+            "tabom_decoder_per_task": {t: one_or_list([c.to_dict() for c in cfgs])
+                                       for t, cfgs in self._task_decoders.items()},
+            "tabom_model_name_per_task": {t: one_or_list([self._name_for(c) for c in cfgs])
+                                          for t, cfgs in self._task_decoders.items()},
             "tabom_adapter": self.peft,
             "tabom_family": self.model.family.name,
             "tabom_fingerprint": self.fingerprint,
@@ -309,6 +420,7 @@ class TabomDLM(LM):
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args[0], (req.args[1] if len(req.args) > 1 else {})
             cfg, until = self.decode_config_for(gen_kwargs)
+            self._record_task_decoder(req.task_name, cfg)
             ids = self._truncate(self._encode(context), cfg.gen_length)
             groups[json.dumps(cfg.to_dict(), sort_keys=True)].append((i, ids, cfg, until))
         bar = tqdm(total=len(requests), desc="tabom_dlm generate", disable=disable_tqdm or self.rank != 0)

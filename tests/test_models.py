@@ -242,3 +242,55 @@ def test_missing_folder_and_bad_dtype(tmp_path):
         load_model(tmp_path / "nothing-here")
     with pytest.raises(ValueError, match="dtype='fp7'"):
         load_model(tmp_path, dtype="fp7")
+
+
+def test_llada_bias_for_layer_norm_null_means_include_bias(tmp_path):
+    """LLaDA's remote config class defaults bias_for_layer_norm to null, read as
+    include_bias (false): such a config loads, with unchanged logits."""
+    d = write_tiny_checkpoint(tmp_path / "m", "llada", seed=2, hidden_size=32, num_layers=2,
+                              num_heads=4, num_kv_heads=2, intermediate_size=64)
+    before = load_model(d)
+    raw = json.loads((d / "config.json").read_text())
+    assert raw["bias_for_layer_norm"] is False and raw["include_bias"] is False
+    raw["bias_for_layer_norm"] = None
+    (d / "config.json").write_text(json.dumps(raw))
+    after = load_model(d)
+    ids = _ids(len(before.tokenizer))
+    with torch.no_grad():
+        assert torch.equal(before(ids), after(ids))
+    del raw["include_bias"]  # absent: LLaDA's default, false
+    (d / "config.json").write_text(json.dumps(raw))
+    with torch.no_grad():
+        assert torch.equal(before(ids), load_model(d)(ids))
+
+
+def test_llada_layer_norm_bias_still_refused(tiny_checkpoints, tmp_path, no_weight_loading):
+    d = _copy(tiny_checkpoints["llada"], tmp_path)
+    raw = json.loads((d / "config.json").read_text())
+    raw["bias_for_layer_norm"] = True
+    (d / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="bias_for_layer_norm=True is not supported"):
+        load_model(d)
+    raw["bias_for_layer_norm"], raw["include_bias"] = None, True  # null inherits include_bias=true
+    (d / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="include_bias=True is not supported"):
+        load_model(d)
+
+
+def test_fp16_on_cpu_warns_that_it_is_slow(tiny_checkpoints, caplog):
+    import logging
+
+    for dtype in ("float16", "half", torch.float16):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tabom.models.loading"):
+            model = load_model(tiny_checkpoints["llada"], dtype=dtype, device="cpu")
+        assert model.dtype == torch.float16
+        name = dtype if isinstance(dtype, str) else "float16"
+        msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(f"dtype={name} " in m and "on the CPU is slow" in m
+                   and "several times slower than float32 or bfloat16" in m for m in msgs), msgs
+    for dtype in ("float32", "bfloat16"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tabom.models.loading"):
+            load_model(tiny_checkpoints["llada"], dtype=dtype, device="cpu")
+        assert not [r for r in caplog.records if "slow" in r.getMessage()]

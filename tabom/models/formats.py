@@ -115,11 +115,20 @@ def _require(raw: dict, key: str, source: str):
     return raw[key]
 
 
+def _llada_resolved_switches(raw: dict) -> dict:
+    """``raw`` with the switches LLaDA's remote code derives from others filled in:
+    ``bias_for_layer_norm: null`` (the remote config class's default) means
+    ``include_bias`` (default false), as its LayerNorm reads it."""
+    if "bias_for_layer_norm" in raw and raw["bias_for_layer_norm"] is None:
+        raw = {**raw, "bias_for_layer_norm": raw.get("include_bias", False)}
+    return raw
+
+
 def llada_hf_config(raw: dict, source: str = "config.json"):
     """LlamaConfig equivalent to a LLaDA ``config.json`` dict."""
     from transformers import LlamaConfig
 
-    _check_fixed(raw, LLADA_FIXED_FIELDS, source)
+    _check_fixed(_llada_resolved_switches(raw), LLADA_FIXED_FIELDS, source)
     d_model = int(_require(raw, "d_model", source))
     n_heads = int(_require(raw, "n_heads", source))
     n_kv = raw.get("n_kv_heads") or n_heads

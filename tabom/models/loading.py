@@ -43,6 +43,19 @@ def resolve_dtype(dtype, device: str | torch.device = "cpu") -> torch.dtype:
     return DTYPES[key]
 
 
+def warn_slow_dtype(dtype, torch_dtype: torch.dtype, device: str | torch.device) -> bool:
+    """Warn (and return True) for float16 on the CPU, where it is emulated and runs
+    several times slower than float32 or bfloat16."""
+    if torch_dtype != torch.float16 or torch.device(device).type != "cpu":
+        return False
+    logger.warning(
+        "dtype=%s (torch.float16) on the CPU is slow: fp16 matrix products there run several "
+        "times slower than float32 or bfloat16; use dtype=float32 or dtype=bfloat16 on the CPU",
+        dtype if isinstance(dtype, str) else str(dtype).replace("torch.", ""),
+    )
+    return True
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """The device, refusing accelerators that this machine does not have."""
     try:
@@ -175,6 +188,7 @@ def load_model(pretrained: str | os.PathLike, *, family: str | None = None, dtyp
     """
     dev = check_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    warn_slow_dtype(dtype, torch_dtype, dev)
     directory = resolve_checkpoint_dir(pretrained, revision)
     raw = read_raw_config(directory)
     source = str(directory / "config.json")
