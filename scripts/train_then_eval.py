@@ -7,8 +7,8 @@ With no arguments it runs the mini world (configs/pipeline/mini.yaml) from
 the shipped tiny base on CPU. Paper runs: configs/pipeline/{dream,llada}_{math,code}.yaml.
 
 Stages (each writes into the run folder and is skipped when its outputs are
-complete; killing the run at any point and rerunning finishes the work
-without redoing finished stages):
+complete, intact and made from the current inputs; killing the run at any
+point and rerunning finishes the work without redoing finished stages):
 
   base         check the base checkpoint, record it (base.json)
   eval         No-SFT evaluation of the base (lm-eval, model tabom_dlm)
@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tabom import stage_state as state  # noqa: E402
 from tabom.utils import atomic_write_json as atomic_json, atomic_write_text  # noqa: E402
 
 DEFAULT_CONFIG = REPO / "configs" / "pipeline" / "mini.yaml"
@@ -247,6 +248,60 @@ def _train_defaults(cfg: dict, method: str, domain: str) -> dict:
     return data
 
 
+# ------------------------------------------------------- what made an output
+ADOPT = False  # --adopt: keep complete outputs made before inputs were recorded
+
+
+def _common_inputs(cfg: dict, run: Path) -> dict:
+    """Inputs every stage depends on: the base checkpoint and ``env``."""
+    info = json.loads((run / "base.json").read_text())
+    return {"base": str(cfg["base"]), "base_revision": info.get("revision"),
+            "env": {str(k): str(v) for k, v in (cfg.get("env") or {}).items()}}
+
+
+def _reuse(stage: str, name: str, folder: Path, inputs: dict, done, validate=None, force=False,
+           resumable: tuple = ()) -> bool:
+    """True when ``folder`` can be reused as it is; otherwise says why, clears
+    what must not be resumed, and records ``inputs`` for the work to come."""
+    v = state.check(folder, inputs, done, validate, resumable=resumable, adopt=ADOPT)
+    if v.reuse and not force:
+        return True
+    if force:
+        v = state.Verdict(False, True, "--force")
+    if v.reason not in ("not made yet", ""):
+        say(stage, f"{name}: {v.reason}; {'redoing it' if v.discard else 'running it'}")
+    if _is_main():
+        state.prepare(folder, v)
+        state.write_stamp(folder, inputs)
+    return False
+
+
+def _file_reuse(stage: str, path: Path, inputs: dict, force: bool, validate=None) -> bool:
+    """The same for a single JSON result file: its ``made_from`` entry holds
+    the inputs' key."""
+    if force or not path.exists():
+        return False
+    try:
+        data = state.read_json(path)
+        if validate:
+            validate(data)
+    except state.CorruptOutput as e:
+        say(stage, f"{e}; redoing it")
+        return False
+    made = data.get("made_from") if isinstance(data, dict) else None
+    if made is None and ADOPT:
+        data["made_from"] = {"key": state.key_of(inputs), "inputs": inputs}
+        atomic_json(path, data)
+        return True
+    if made is None or made.get("key") != state.key_of(inputs):
+        diffs = state._differences((made or {}).get("inputs", {}), inputs)
+        what = "; ".join(f"{k}: {state._short(a)} -> {state._short(b)}" for k, a, b in diffs[:4]) \
+            if made else "no record of its inputs (--adopt keeps outputs made before inputs were recorded)"
+        say(stage, f"{path}: {what}; redoing it")
+        return False
+    return True
+
+
 # ----------------------------------------------------------------- stages
 def stage_base(cfg: dict, run: Path):
     """The base checkpoint: a local folder (family and size read from its
@@ -299,7 +354,12 @@ def run_eval(cfg: dict, base, e: dict, run: Path, force: bool, stage: str) -> bo
     """One lm-eval run; returns True when it ran (False: skipped)."""
     out = e["results"]
     samples_out = out.parent / "samples.json"
-    if out.exists() and samples_out.exists() and not force:
+    limit = cfg["eval"].get("limit")
+    inputs = {"stage": "eval", **_common_inputs(cfg, run), "tasks": list(e["tasks"]), "limit": limit,
+              "model_args": _model_args(cfg, "BASE", None, e["decoder"]), "apply_chat_template": True,
+              "adapter": state.stamp_key(run / "train" / e["adapter"]) if e["adapter"] else None}
+    if _reuse(stage, e["id"], out.parent, inputs, lambda f: (f / "results.json").is_file(),
+              lambda f: state.check_lm_eval_run(f, e["tasks"], limit), force):
         return False
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -392,9 +452,10 @@ def stage_distill(cfg, base, run, force) -> None:
     jobs += [(f"tds/{d}", run / "tds" / f"traj_{d}", qs, "all") for d, qs in hold_q.items() if qs]
     model = None
     for name, out, queries, keep in jobs:
-        if force and out.exists():
-            shutil.rmtree(out)
-        if (out / "summary.json").is_file() and (out / "trajectories.parquet").is_file():
+        inputs = {"stage": "distill", **_common_inputs(cfg, run), "gen_length": int(dcfg.get("gen_length", 256)),
+                  "decoder": dcfg.get("decoder") or {}, "keep": keep, "queries": _queries_key(queries)}
+        if _reuse("distill", name, out, inputs, lambda f: (f / "summary.json").is_file(),
+                  lambda f, n=len(queries), k=keep: _check_distill(f, n, k), force, resumable=("queries",)):
             say("distill", f"skipped: {out.relative_to(run)} complete")
             continue
         if model is None:
@@ -409,18 +470,34 @@ def stage_distill(cfg, base, run, force) -> None:
                        f"{time.perf_counter() - t0:.0f} s -> {out.relative_to(run)}")
 
 
+def _queries_key(queries: list[dict]) -> str:
+    """The query list's identity: ids and prompts, in order."""
+    return state.key_of({"q": [[q["id"], q["prompt"]] for q in queries]})
+
+
+def _check_distill(folder: Path, n_queries: int, keep: str) -> None:
+    s = state.read_json(folder / "summary.json")
+    if s.get("total") != n_queries:
+        raise state.CorruptOutput(f"{folder / 'summary.json'}: {s.get('total')} queries decoded, "
+                                  f"expected {n_queries}")
+    state.check_parquet(folder / "trajectories.parquet", s["valid"] if keep == "valid" else s["total"])
+
+
+def _check_adapter(folder: Path) -> None:
+    state.read_json(folder / "train_summary.json")
+    state.read_json(folder / "adapter" / "adapter_config.json")
+    state.check_safetensors(folder / "adapter" / "adapter_model.safetensors")
+
+
 def stage_train(cfg, base, run, pl, force, only_ids=None) -> None:
+    import dataclasses
+
     from tabom.train import TrainConfig, train
 
     for t in pl["trains"]:
         if only_ids and t["id"] not in only_ids:
             continue
         out = t["out"]
-        if force and out.exists():
-            shutil.rmtree(out)
-        if (out / "train_summary.json").is_file():
-            say("train", f"skipped: {t['id']} complete")
-            continue
         path = _resolve(cfg["train"]["config_dir"]) / f"{t['method']}_{t['domain']}.yaml"
         over = dict(cfg["train"].get("overrides") or {})
         over.update(t["overrides"])
@@ -429,6 +506,14 @@ def stage_train(cfg, base, run, pl, force, only_ids=None) -> None:
         if cfg.get("dtype"):
             over.setdefault("dtype", cfg["dtype"])
         tcfg = TrainConfig.from_file(path, **over)
+        resolved = {k: v for k, v in dataclasses.asdict(tcfg).items()
+                    if k not in ("model", "trajectories", "output_dir")}
+        inputs = {"stage": "train", **_common_inputs(cfg, run), "config": resolved,
+                  "trajectories": state.stamp_key(run / "distill")}
+        if _reuse("train", t["id"], out, inputs, lambda f: (f / "train_summary.json").is_file(),
+                  _check_adapter, force):
+            say("train", f"skipped: {t['id']} complete")
+            continue
         t0 = time.perf_counter()
         summary = train(tcfg, progress=True)
         from tabom.train import read_log
@@ -487,6 +572,11 @@ def _tds_entries(cfg, pl) -> list[dict]:
     return out
 
 
+def _check_tds(data) -> None:
+    if not isinstance(data, dict) or not isinstance(data.get("tds"), (int, float)):
+        raise state.CorruptOutput(f"TDS result without a numeric 'tds' ({str(data)[:80]})")
+
+
 def stage_tds(cfg, base, run, pl, force) -> None:
     from tabom.models import load_adapter, load_model, unload_adapter
     from tabom.tds import ce_vs_mask_ratio, tds
@@ -504,7 +594,10 @@ def stage_tds(cfg, base, run, pl, force) -> None:
     held_out = {}
     for ent in _tds_entries(cfg, pl):
         out = run / ent["file"]
-        if out.exists() and not force:
+        inputs = {"stage": "tds", **_common_inputs(cfg, run),
+                  "adapter": state.stamp_key(run / "train" / ent["adapter"]) if ent["adapter"] else None,
+                  "trajectories": state.stamp_key(run / "tds" / f"traj_{ent['domain']}")}
+        if _file_reuse("tds", out, inputs, force, _check_tds):
             say("tds", f"skipped: {ent['file']} exists")
             continue
         if ent["domain"] not in held_out:  # one read per domain, shared by its entries
@@ -519,22 +612,39 @@ def stage_tds(cfg, base, run, pl, force) -> None:
         res = tds(model, rows, progress=True)
         if ent["adapter"]:
             unload_adapter(model)
-        res.update(method=ent["method"], dataset=ent["dataset"])
+        res.update(method=ent["method"], dataset=ent["dataset"],
+                   made_from={"key": state.key_of(inputs), "inputs": inputs})
         atomic_json(out, res)
         say("tds", f"{ent['method']} on {ent['dataset']}: TDS {res['tds']:.4f} over "
                    f"{res['n_trajectories']} trajectories ({time.perf_counter() - t0:.0f} s)")
     if tcfg.get("ce", True):
         out = run / "tds" / "ce_mask_ratio.json"
-        if out.exists() and not force:
+        inputs = {"stage": "ce", **_common_inputs(cfg, run), "ce_n": int(tcfg.get("ce_n", 128)),
+                  "trajectories": state.stamp_key(run / "distill")}
+        if _file_reuse("tds", out, inputs, force):
             say("tds", "skipped: tds/ce_mask_ratio.json exists")
             return
         if model is None:
             model = load_model(base, dtype=cfg.get("dtype"), device=cfg.get("device", "cpu")).eval()
         rows = load_trajectories(run / "distill").to_list()[: int(tcfg.get("ce_n", 128))]
         res = ce_vs_mask_ratio(model, rows)
+        res["made_from"] = {"key": state.key_of(inputs), "inputs": inputs}
         atomic_json(out, res)
         say("tds", f"CE vs mask ratio on {res['n']} answers: SD {res['sd'][0]:.2f}..{res['sd'][-1]:.2f}, "
                    f"GT {res['gt'][0]:.2f}..{res['gt'][-1]:.2f} nats")
+
+
+def _read(path: Path):
+    """A result file for the leaderboard, or an exit that names it."""
+    try:
+        return state.read_json(path)
+    except state.CorruptOutput as e:
+        raise SystemExit(f"[leaderboards] {e}; rerun the stage that writes it "
+                         "(python scripts/train_then_eval.py --config ... redoes only that)") from None
+
+
+def _without_stamp(data: dict) -> dict:
+    return {k: v for k, v in data.items() if k != "made_from"}
 
 
 def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
@@ -554,11 +664,11 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
         name = e["results"].parent.name
         rel, srel = f"results/{name}.json", f"samples/{name}.json"
         if rel not in copied:
-            data = json.loads(e["results"].read_text())
+            data = _read(e["results"])
             atomic_json(snap / rel, _slim_results(data))
             samples = e["results"].parent / "samples.json"
             if samples.exists():
-                atomic_write_text(snap / srel, samples.read_text())
+                atomic_write_text(snap / srel, json.dumps(_read(samples), separators=(",", ":")))
             copied.add(rel)
         entry = {"id": e["id"], "method": e["method"], "domain": e["domain"], "kind": e["kind"],
                  "params": e["params"], "results": rel}
@@ -567,14 +677,14 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
         if e["seed"] is not None:
             entry["seed"] = e["seed"]
         if e.get("tds") and (run / e["tds"]).exists():
-            atomic_json(snap / e["tds"], json.loads((run / e["tds"]).read_text()))
+            atomic_json(snap / e["tds"], _without_stamp(_read(run / e["tds"])))
             entry["tds"] = e["tds"]
         runs.append(entry)
     tds_entries = []
     for ent in _tds_entries(cfg, pl) if cfg.get("tds") else []:
         src = run / ent["file"]
         if src.exists() and ent["table"]:
-            atomic_json(snap / ent["file"], json.loads(src.read_text()))
+            atomic_json(snap / ent["file"], _without_stamp(_read(src)))
             t = {"method": ent["method"], "dataset": ent["dataset"], "file": ent["file"]}
             if ent["seed"] is not None:
                 t["seed"] = ent["seed"]
@@ -595,7 +705,7 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
         manifest["reference"] = cfg["reference"]
     ce = run / "tds" / "ce_mask_ratio.json"
     if ce.exists():
-        atomic_json(snap / "tds" / "ce_mask_ratio.json", json.loads(ce.read_text()))
+        atomic_json(snap / "tds" / "ce_mask_ratio.json", _without_stamp(_read(ce)))
         manifest["ce_curve"] = "tds/ce_mask_ratio.json"
     atomic_json(snap / "manifest.json", manifest)
     written = build_leaderboard(snap, out_dir=out_dir)
@@ -649,7 +759,17 @@ def print_plan(pl: dict, run: Path) -> None:
 
 # ------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    import yaml
+
+    presets = "\n".join(f"  {str(f.relative_to(REPO)):<34} {(yaml.safe_load(f.read_text()) or {}).get('title', '')}"
+                         for f in sorted((REPO / "configs" / "pipeline").glob("*.yaml")))
+    stages = __doc__.split("Stages", 1)[1].split("\n\n", 1)[1].split("\n\nEvaluation", 1)[0]
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"stages, in order:\n{stages}\n\npresets (--config):\n{presets}\n\n"
+               "A stage reuses an output only when the inputs recorded next to it (inputs.json or\n"
+               "'made_from') equal the current ones and the files are intact; otherwise it says\n"
+               "why and redoes it. --plan prints what a config would run, without running it.")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="pipeline config (default: the mini world)")
     ap.add_argument("--run-dir", default=None, help="run folder (default: the config's run_dir)")
     ap.add_argument("--only", choices=STAGES, default=None, help="run only this stage")
@@ -660,7 +780,12 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems per task")
     ap.add_argument("--plan", action="store_true",
                     help="print the training runs and evaluations the config asks for, then exit")
+    ap.add_argument("--adopt", action="store_true",
+                    help="keep complete, intact outputs that have no record of their inputs (made "
+                         "before this version recorded them), recording the current inputs")
     args = ap.parse_args(argv)
+    global ADOPT
+    ADOPT = args.adopt
     cfg = load_pipeline_config(Path(args.config))
     if args.limit is not None:
         cfg["eval"]["limit"] = args.limit
@@ -712,4 +837,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\n[interrupted] finished outputs are kept; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)

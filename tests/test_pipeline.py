@@ -42,7 +42,7 @@ def _finished_files(run: Path) -> dict[Path, int]:
     return {f: f.stat().st_mtime_ns for f in files}
 
 
-def test_pipeline_killed_during_training_finishes_on_rerun(tmp_path):
+def test_pipeline_killed_during_training_finishes_on_rerun(tmp_path, capsys):
     run, lb = tmp_path / "run", tmp_path / "lb"
     cmd = [sys.executable, str(SCRIPT), "--config", str(MICRO), "--run-dir", str(run),
            "--leaderboard-dir", str(lb)]
@@ -115,6 +115,51 @@ def test_pipeline_killed_during_training_finishes_on_rerun(tmp_path):
                            env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"[leaderboards] {n_runs} runs" in again.stdout and "[train]" not in again.stdout
+
+    # a truncated adapter / parquet file is detected, named and redone, nothing else
+    adapter = run / "train" / "tabom_math_s0" / "adapter" / "adapter_model.safetensors"
+    adapter.write_bytes(adapter.read_bytes()[:-10])
+    assert T.main(cmd[2:] + ["--only", "train"]) == 0
+    text = capsys.readouterr().out
+    assert f"tabom_math_s0: {adapter}: " in text and "(truncated or corrupt)" in text
+    assert text.count("redoing it") == 1 and "[train] skipped: sft_sd_math_s0 complete" in text
+    T.state.check_safetensors(adapter)
+    traj = run / "tds" / "traj_math" / "trajectories.parquet"
+    traj.write_bytes(traj.read_bytes()[:-20])
+    assert T.main(cmd[2:] + ["--only", "distill"]) == 0
+    text = capsys.readouterr().out
+    assert f"{traj}: not a readable parquet file" in text and text.count("redoing it") == 1
+    assert "[distill] skipped: distill complete" in text
+    assert T.state.check_parquet(traj) == 6
+
+
+def test_changed_limit_reruns_the_eval_and_a_truncated_result_is_named(tmp_path, capsys):
+    """A --limit 2 evaluation is not reused by a run that asks for 3; a
+    truncated results.json is detected, named and redone."""
+    T = _load_script()
+    run = tmp_path / "run"
+    args = ["--config", str(MICRO), "--run-dir", str(run), "--only", "eval"]
+
+    def go(*extra):
+        assert T.main(args + list(extra)) == 0
+        return capsys.readouterr().out
+
+    go("--limit", "2")
+    results = run / "eval" / "no_sft" / "results.json"
+    assert json.loads(results.read_text())["n-samples"]["mini_math"]["effective"] == 2
+    out = go("--limit", "3")
+    assert f"no_sft: inputs changed since {results.parent} was made: limit: 2 -> 3; redoing it" in out
+    assert json.loads(results.read_text())["n-samples"]["mini_math"]["effective"] == 3
+    assert "[eval] skipped" in go("--limit", "3")
+    results.write_text(results.read_text()[:100])
+    out = go("--limit", "3")
+    assert f"{results}: not valid JSON (truncated or corrupt?)" in out and "redoing it" in out
+    assert json.loads(results.read_text())["n-samples"]["mini_math"]["effective"] == 3
+    # an evaluation written before inputs were recorded is kept with --adopt
+    # (without it, it is redone: tests/test_stage_state.py)
+    stamp = results.parent / "inputs.json"
+    stamp.unlink()
+    assert "[eval] skipped" in go("--limit", "3", "--adopt") and stamp.is_file()
 
 
 def test_pipeline_config_errors_name_the_file(tmp_path):
