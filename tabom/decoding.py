@@ -55,6 +55,17 @@ rows decode the same block at a time.
 Batching: prompts of different lengths are left-padded and masked out of
 attention with re-based positions, so a row's greedy output does not depend
 on the batch it is in.
+
+Reference mode (``strict_reference=True``, greedy only): the original loops
+rule for rule, LLaDA ``generate.py::generate`` for confidence / random and
+Dream ``_sample`` for the other orders (see :meth:`_Decoder.run_reference`).
+The default differs on purpose: it never proposes the mask token (the
+originals may, which wastes the slot and can leave masks in the answer), so
+Dream's scores are taken over the other tokens; it scores in fp32 and breaks
+score ties by position; each row gets its own count; ``eos_last`` ranks
+EOS / end-of-turn proposals last without renormalising the others. Options
+the originals lack (threshold, tokens_per_step, cache, early_exit, Dream
+blocks / EOS options, temperature > 0) are refused in reference mode.
 """
 
 from __future__ import annotations
@@ -72,6 +83,7 @@ from tabom.models.kv_cache import ContextCache
 ORDERS = ("confidence", "random", "maskgit_plus", "topk_margin", "entropy", "origin")
 SCHEDULES = ("linear", "timesteps")
 CACHES = ("none", "prefix", "dual")
+LLADA_LOOP_ORDERS = ("confidence", "random")  # strict_reference: LLaDA's loop; the rest Dream's
 PUSH_LAST = 1.0e6  # subtracted from the scores of EOS / end-of-turn proposals
 
 
@@ -96,6 +108,9 @@ class DecodeConfig:
     early_exit: bool = False  # stop a row once nothing before its first EOS is masked
     seed: int | None = None
     cache: str = "none"  # none (exact) | prefix | dual: Fast-dLLM's block-wise KV cache
+    # Reproduce the original loops token for token (LLaDA generate.py::generate for
+    # confidence / random, Dream's _sample for the other orders); see run_reference.
+    strict_reference: bool = False
 
     def replace(self, **changes) -> "DecodeConfig":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
@@ -198,12 +213,46 @@ class DecodeConfig:
                  "schedule='timesteps' (no tokens_per_step / threshold)")
         if self.seed is not None:
             need(is_int(self.seed), f"seed={self.seed!r} must be an integer")
-        for name in ("ban_eos", "eos_last", "early_exit"):
+        for name in ("ban_eos", "eos_last", "early_exit", "strict_reference"):
             value = getattr(self, name)
             need(isinstance(value, bool), f"{name}={value!r} must be true or false (a boolean, "
                                           f"not {type(value).__name__})")
         need(self.cache in CACHES, f"cache={self.cache!r} must be one of {list(CACHES)}")
+        if self.strict_reference:
+            self._validate_strict(need)
         return self
+
+    def _validate_strict(self, need) -> None:
+        """strict_reference=True accepts only what the original loops have: LLaDA's
+        ``generate`` (order confidence / random) or Dream's ``_sample`` (the others)."""
+        llada = self.order in LLADA_LOOP_ORDERS
+        loop = ("LLaDA generate.py::generate" if llada else "Dream _sample")
+        head = f"strict_reference=True reproduces {loop} (order={self.order!r}), which"
+        need(self.temperature == 0, f"strict_reference=True reproduces greedy decoding only: "
+                                    f"temperature={self.temperature!r} must be 0")
+        need(self.threshold is None, f"{head} has no threshold rule: drop threshold={self.threshold!r} "
+                                     "(Fast-dLLM's rule) or set strict_reference=false")
+        need(self.tokens_per_step is None,
+             f"{head} sets tokens per step only through steps: drop tokens_per_step="
+             f"{self.tokens_per_step!r} and give steps=gen_length/{self.tokens_per_step}")
+        need(self.cache == "none", f"{head} has no KV cache: cache={self.cache!r} needs "
+                                   "strict_reference=false")
+        need(not self.early_exit, f"{head} always runs every step: early_exit=True needs "
+                                  "strict_reference=false")
+        if llada:
+            need(self.schedule == "linear", f"{head} splits each block's masks evenly over its "
+                                            f"steps: schedule={self.schedule!r} must be 'linear'")
+            need(self.top_p is None and self.top_k is None,
+                 f"{head} has no top_p / top_k: top_p={self.top_p!r}, top_k={self.top_k!r} must be unset")
+            need(not self.alg_temp, f"{head} has no alg_temp: alg_temp={self.alg_temp!r} must be unset")
+        else:
+            need(self.schedule == "timesteps", f"{head} uses the timestep schedule: "
+                                               f"schedule={self.schedule!r} must be 'timesteps'")
+            need(self.block == self.gen_length,
+                 f"{head} decodes the whole canvas without blocks: block_length={self.block_length!r} "
+                 f"must be unset or equal gen_length={self.gen_length}")
+            need(not self.ban_eos and not self.eos_last,
+                 f"{head} has no EOS options: ban_eos / eos_last must be false")
 
 
 @dataclass
@@ -228,8 +277,10 @@ class DecodeOutput:
 # --------------------------------------------------------------------------
 
 
-def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
-    """Dream's processing: nucleus (top-p) then top-k filtering with -inf."""
+def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None,
+                  fill: float = float("-inf")) -> torch.Tensor:
+    """Dream's processing: nucleus (top-p) then top-k filtering with ``fill``
+    (-inf; Dream's own code fills with the dtype's lowest finite value)."""
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
         cum = sorted_logits.softmax(-1).cumsum(-1)
@@ -237,10 +288,10 @@ def filter_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) 
         remove[..., 1:] = remove[..., :-1].clone()  # keep the first token above the threshold
         remove[..., 0] = False
         mask = torch.zeros_like(remove).scatter(-1, sorted_idx, remove)
-        logits = logits.masked_fill(mask, float("-inf"))
+        logits = logits.masked_fill(mask, fill)
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits = logits.masked_fill(logits < kth, fill)
     return logits
 
 
@@ -275,6 +326,24 @@ def order_scores(order: str, logits: torch.Tensor, processed: torch.Tensor, x0: 
         p = logp.exp()
         return torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)  # negative entropy
     raise ValueError(f"order={order!r} must be one of {list(ORDERS)}")
+
+
+def dream_reference_scores(logits: torch.Tensor, order: str, top_p: float | None, top_k: int | None):
+    """(scores, proposals) as Dream's ``sample_tokens`` computes them at temperature 0,
+    in the logits' own dtype: top-p / top-k filtered with the lowest finite value,
+    x0 = argmax of the probabilities (the mask token included); maskgit_plus p(x0),
+    topk_margin p1 - p2 from a full sort, entropy sum p * log(p + 1e-10)."""
+    if top_k is not None:
+        top_k = min(top_k, logits.shape[-1])
+    logits = filter_logits(logits, top_p, top_k, fill=torch.finfo(logits.dtype).min)
+    probs = logits.softmax(-1)
+    scores, x0 = probs.max(-1)
+    if order == "topk_margin":
+        ranked = probs.sort(-1, descending=True).values
+        scores = ranked[..., 0] - ranked[..., 1]
+    elif order == "entropy":
+        scores = (probs * torch.log(probs + 1e-10)).sum(-1)
+    return scores, x0
 
 
 def push_stop_last(scores: torch.Tensor, x0: torch.Tensor, stop_ids: torch.Tensor) -> torch.Tensor:
@@ -569,6 +638,121 @@ class _Decoder:
                 logits = model.forward_rows(self.x[act, q0:q1], pos, context, key_mask, n_out=K)
                 self.step(act, cols, logits)
 
+    # ------------------------------------------------------ reference loop
+    def run_reference(self) -> None:
+        """strict_reference=True: the original loops, rule for rule (greedy).
+
+        Unlike the default loop, every step runs the whole canvas of every row
+        and scores it in the model's dtype; the mask token may be proposed (a
+        position that "commits" it stays masked and competes again later); a
+        block ends after its steps whether or not it is full; positions are
+        chosen by ``torch.topk`` over the whole row, as the originals do.
+        """
+        if self.cfg.order in LLADA_LOOP_ORDERS:
+            self._reference_llada()
+        else:
+            self._reference_dream()
+
+    def _reference_forward(self) -> torch.Tensor:
+        """Logits of the whole canvas [B, L, V] (model dtype, family shift applied)."""
+        self.nfe += 1
+        return self.model(self.x, attention_mask=self.attn if self.use_attn else None)
+
+    def _reference_record(self, before: torch.Tensor, logits: torch.Tensor) -> None:
+        """Step map (and trajectory) of the response columns that changed this step."""
+        P, mask_id, rec = self.P, self.ids.mask, self.rec
+        old, new = before[:, P:], self.x[:, P:]
+        committed = (old == mask_id) & (new != mask_id)
+        rec.step_map[(old != mask_id) & (new == mask_id)] = -1  # Dream's re-mask (see _reference_dream)
+        p_x0 = ent = None
+        if self.trajectory:
+            lg = logits[:, P:].float()
+            ent = token_entropy(lg)
+            p_x0 = lg.softmax(-1).gather(-1, new[..., None]).squeeze(-1)
+        cols = (P + torch.arange(new.shape[1], device=new.device))[None].expand_as(new)
+        rec.record(None, cols, committed, self.nfe - 1, _Proposal(new, None, p_x0, ent))
+
+    def _reference_llada(self) -> None:
+        """LLaDA ``generate.py::generate`` (remasking low_confidence / random, temperature 0,
+        ``logits_eos_inf`` = ban_eos, ``confidence_eos_eot_inf`` = eos_last)."""
+        cfg, x, P, K = self.cfg, self.x, self.P, self.K
+        B, L = x.shape
+        mask_id, spb = self.ids.mask, cfg.steps_per_block
+        stops = [self.ids.eos] + ([self.ids.eot] if self.ids.eot is not None else [])
+        step_ids = torch.arange(spb, device=x.device)
+        for b in range(cfg.num_blocks):
+            end = P + (b + 1) * K
+            n_block = (x[:, end - K:end] == mask_id).sum(1)
+            counts = (n_block // spb)[:, None] + (step_ids[None] < (n_block % spb)[:, None]).long()
+            for i in range(spb):
+                masked = x == mask_id
+                logits = self._reference_forward()
+                if cfg.ban_eos:
+                    logits[:, :, self.ids.eos] = float("-inf")
+                x0 = logits.argmax(-1)
+                before = x.clone()
+                traj_logits = logits.clone() if self.trajectory and cfg.eos_last else logits
+                if cfg.eos_last:  # at temperature 0 the reference's chained assignment hits EOS and EoT
+                    logits[:, :, stops] = float("-inf")
+                if cfg.order == "confidence":
+                    conf = logits.softmax(-1).gather(-1, x0[..., None]).squeeze(-1)
+                else:
+                    conf = torch.rand((B, L), device=x.device, generator=self.generator)
+                conf[:, end:] = float("-inf")
+                x0 = torch.where(masked, x0, x)
+                conf = torch.where(masked, conf, float("-inf"))
+                select = torch.zeros_like(masked)
+                for j in range(B):
+                    select[j, torch.topk(conf[j], k=int(counts[j, i])).indices] = True
+                x[select] = x0[select]
+                self._reference_record(before, traj_logits)
+            self.block += 1
+        self.done[:] = True
+
+    def _reference_dream(self) -> None:
+        """Dream ``_sample`` (alg maskgit_plus / topk_margin / entropy / origin, temperature 0,
+        top_p / top_k / alg_temp as given, one canvas without blocks)."""
+        cfg, x = self.cfg, self.x
+        B = x.shape[0]
+        mask_id, steps = self.ids.mask, cfg.steps_per_block
+        ts = torch.linspace(1, cfg.eps, steps + 1, device=x.device)
+        rows = torch.arange(B, device=x.device)[:, None]
+        for i in range(steps):
+            masked = x == mask_id
+            logits = self._reference_forward()
+            mask_logits = logits[masked]
+            t, s = ts[i], ts[i + 1]
+            before = x.clone()
+            if cfg.order == "origin":
+                p_transfer = 1 - s / t if i < steps - 1 else 1
+                n_masked = mask_logits.shape[0]
+                x0 = torch.full((n_masked,), mask_id, dtype=torch.long, device=x.device)
+                reveal = torch.rand((n_masked,), device=x.device, generator=self.generator) < p_transfer
+                x0[reveal] = dream_reference_scores(mask_logits[reveal], "maskgit_plus",
+                                                    cfg.top_p, cfg.top_k)[1]
+                x[masked] = x0
+            else:
+                conf, x0 = dream_reference_scores(mask_logits, cfg.order, cfg.top_p, cfg.top_k)
+                # one count for the whole batch, from the mean masked count of the rows
+                mean_masked = masked.sum() / B
+                n = int(mean_masked * (1 - s / t)) if i < steps - 1 else int(mean_masked)
+                full = torch.full(x.shape, float("-inf"), dtype=logits.dtype, device=x.device)
+                full[masked] = conf
+                if n > 0:
+                    if cfg.alg_temp:
+                        idx = torch.multinomial((full / cfg.alg_temp).softmax(-1), n,
+                                                generator=self.generator)
+                    else:
+                        idx = torch.topk(full, n).indices
+                    # a row with fewer masks than n also takes unmasked columns, which
+                    # then receive the mask id: the reference re-masks them too
+                    cand = torch.full_like(x, mask_id)
+                    cand[masked] = x0
+                    x[rows.expand_as(idx), idx] = cand[rows.expand_as(idx), idx]
+            self._reference_record(before, logits)
+        self.block += 1
+        self.done[:] = True
+
 
 @torch.no_grad()
 def generate(model, prompts, config: DecodeConfig | None = None, progress: bool = False,
@@ -597,7 +781,9 @@ def generate(model, prompts, config: DecodeConfig | None = None, progress: bool 
 
         bar = tqdm(total=len(rows) * cfg.gen_length, desc="decoding", unit="tok", leave=False)
     dec = _Decoder(model, rows, cfg, generator, trajectory, bar)
-    if cfg.cache == "none":
+    if cfg.strict_reference:
+        dec.run_reference()
+    elif cfg.cache == "none":
         dec.run_exact()
     else:
         dec.run_cached()

@@ -267,3 +267,149 @@ def fast_dllm_decode(family, sd, raw, prompt, mask_id, gen_length, block_length,
             x[0, s + order] = x0[order]
             step += 1
     return x[0, P:].tolist(), nfe
+
+
+# --------------------------------------------------------------------------
+# The original decoding loops at temperature 0, written from LLaDA's
+# generate.py::generate and Dream's generation_utils.py::_sample, driven by a
+# logits callable. Both originals batch: prompts left-padded with the pad
+# token and an attention mask that is 0 on the padding (LLaDA extends it with
+# ones over the answer; Dream with ones over the masks, and builds its
+# pairwise mask and cumsum positions from it, which at every unpadded row is
+# what a key-padding mask with re-based positions gives).
+# --------------------------------------------------------------------------
+
+
+def llada_generate_loop(logits_fn, prompt, attention_mask=None, steps=128, gen_length=128,
+                        block_length=128, remasking="low_confidence", mask_id=126336,
+                        eos_id=126081, eot_id=126348, logits_eos_inf=False,
+                        confidence_eos_eot_inf=False, generator=None):
+    """LLaDA's loop: ``logits_fn(x, attention_mask)`` -> [B, L, V]; returns the canvas.
+
+    Per block the masked count is split evenly over the block's steps (the
+    remainder one each on the first steps); each step proposes the argmax of
+    every position (the mask token included), scores it by its softmax
+    probability in the logits' dtype (or a uniform draw for 'random'), gives
+    -inf to every position past the block and to every unmasked one, and
+    writes the top-k of each row (torch.topk over the whole row).
+    """
+    B, P = prompt.shape
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
+    x[:, :P] = prompt
+    if attention_mask is not None:
+        attention_mask = torch.cat(
+            [attention_mask, torch.ones((B, gen_length), dtype=attention_mask.dtype)], dim=1)
+    assert gen_length % block_length == 0
+    n_blocks = gen_length // block_length
+    assert steps % n_blocks == 0
+    per_block = steps // n_blocks
+    neg_inf = float("-inf")
+    for blk in range(n_blocks):
+        block_end = P + (blk + 1) * block_length
+        in_block = (x[:, block_end - block_length:block_end] == mask_id).sum(dim=1)
+        plan = []
+        for r in range(B):
+            base, extra = divmod(int(in_block[r]), per_block)
+            plan.append([base + (1 if i < extra else 0) for i in range(per_block)])
+        for i in range(per_block):
+            is_mask = x == mask_id
+            logits = logits_fn(x, attention_mask)
+            if logits_eos_inf:
+                logits[:, :, eos_id] = neg_inf
+            x0 = torch.argmax(logits, dim=-1)  # temperature 0: the logits themselves
+            if confidence_eos_eot_inf:
+                # generate.py's chained assignment; at temperature 0 its two targets
+                # are the same tensor, so both EOS and EoT lose their mass
+                logits[:, :, eos_id] = neg_inf
+                logits[:, :, eot_id] = neg_inf
+            if remasking == "low_confidence":
+                probs = F.softmax(logits, dim=-1)
+                score = torch.gather(probs, -1, x0.unsqueeze(-1)).squeeze(-1)
+            elif remasking == "random":
+                score = torch.rand((B, x.shape[1]), generator=generator)
+            else:
+                raise NotImplementedError(remasking)
+            score[:, block_end:] = neg_inf
+            x0 = torch.where(is_mask, x0, x)
+            score = torch.where(is_mask, score, neg_inf)
+            take = torch.zeros_like(is_mask)
+            for r in range(B):
+                take[r, torch.topk(score[r], k=plan[r][i]).indices] = True
+            x[take] = x0[take]
+    return x
+
+
+def _dream_sample_tokens(logits, top_p=None, top_k=None, margin=False, neg_entropy=False):
+    """Dream's sample_tokens at temperature 0: (confidence, argmax)."""
+    lowest = torch.finfo(logits.dtype).min
+    if top_p is not None and top_p < 1:
+        ordered, order = torch.sort(logits, descending=True)
+        drop = torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > top_p
+        drop[..., 1:] = drop[..., :-1].clone()
+        drop[..., 0] = False
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), lowest)
+    if top_k is not None:
+        k = min(top_k, logits.shape[-1])
+        logits = logits.masked_fill(logits < torch.topk(logits, k)[0][..., -1:], lowest)
+    probs = torch.softmax(logits, dim=-1)
+    confidence, x0 = probs.max(dim=-1)
+    if margin:
+        top = torch.sort(probs, dim=-1, descending=True)[0]
+        confidence = top[:, 0] - top[:, 1]
+    if neg_entropy:
+        confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return confidence, x0
+
+
+def dream_sample_loop(raw_logits_fn, input_ids, attention_mask=None, max_new_tokens=128, steps=128,
+                      mask_id=151666, alg="entropy", eps=1e-3, alg_temp=None, top_p=None, top_k=None,
+                      generator=None, shift=True):
+    """Dream's loop: ``raw_logits_fn(x, key_mask)`` -> the model's own (unshifted)
+    logits [B, L, V]; the loop shifts them right by one (``shift=False`` drives
+    the same loop with a model whose position i predicts token i, e.g. LLaDA).
+    Returns the canvas.
+
+    The whole canvas is one block. Step i runs over timesteps linspace(1, eps,
+    steps + 1): 'origin' reveals each masked position with probability 1 - s/t
+    (all at the last step); the other algs commit, in every row, the top
+    int(mean masked count of the batch * (1 - s/t)) positions (int(mean) at the
+    last step) of a [B, L] confidence that is -inf off the masks, taking
+    whatever torch.topk returns (a row with fewer masks gets unmasked columns,
+    which receive the mask id).
+    """
+    B = input_ids.shape[0]
+    x = F.pad(input_ids, (0, max_new_tokens), value=mask_id)
+    key_mask = None
+    if attention_mask is not None and bool((attention_mask == 0).any()):
+        key_mask = F.pad(attention_mask, (0, max_new_tokens), value=1)
+    timesteps = torch.linspace(1, eps, steps + 1)
+    for i in range(steps):
+        is_mask = x == mask_id
+        raw = raw_logits_fn(x, key_mask)
+        logits = torch.cat([raw[:, :1], raw[:, :-1]], dim=1) if shift else raw
+        masked_logits = logits[is_mask]
+        t, s = timesteps[i], timesteps[i + 1]
+        if alg == "origin":
+            p_transfer = 1 - s / t if i < steps - 1 else 1
+            x0 = torch.full((masked_logits.shape[0],), mask_id, dtype=torch.long)
+            reveal = torch.rand((masked_logits.shape[0],), generator=generator) < p_transfer
+            x0[reveal] = _dream_sample_tokens(masked_logits[reveal], top_p, top_k)[1]
+            x[is_mask] = x0
+            continue
+        confidence, x0 = _dream_sample_tokens(masked_logits, top_p, top_k,
+                                              margin=alg == "topk_margin",
+                                              neg_entropy=alg == "entropy")
+        mean_masked = is_mask.sum() / B
+        n = int(mean_masked * (1 - s / t)) if i < steps - 1 else int(mean_masked)
+        row_conf = torch.full(x.shape, float("-inf"), dtype=logits.dtype)
+        row_conf[is_mask] = confidence
+        if n > 0:
+            if alg_temp is None or alg_temp == 0:
+                picked = torch.topk(row_conf, n).indices
+            else:
+                picked = torch.multinomial(F.softmax(row_conf / alg_temp, dim=-1), n, generator=generator)
+            proposal = torch.full_like(x, mask_id)
+            proposal[is_mask] = x0
+            r = torch.arange(B)[:, None].expand_as(picked)
+            x[r, picked] = proposal[r, picked]
+    return x
