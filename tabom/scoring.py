@@ -20,6 +20,8 @@ Sections
   :func:`mbpp_run` / :func:`mbpp_correct`.
 - IFEval: :func:`ensure_nltk_punkt_tab` (offline NLTK fallback),
   :func:`ifeval_scores`.
+- records: :func:`require_fields` / :func:`missing_fields` (a record without the
+  field a scorer needs is refused, never scored 0 or passed silently).
 """
 
 from __future__ import annotations
@@ -49,8 +51,51 @@ __all__ = [
     "extract_code", "humaneval_program", "humaneval_test_code", "mbpp_entry_point",
     "mbpp_program", "mbpp_test_code", "run_tests", "run_tests_parallel", "default_workers",
     "humaneval_run", "humaneval_correct", "mbpp_run", "mbpp_correct",
-    "ensure_nltk_punkt_tab", "ifeval_scores",
+    "ensure_nltk_punkt_tab", "ifeval_scores", "missing_fields", "require_fields",
 ]
+
+# =====================================================================
+# Records: the fields a scorer needs
+# =====================================================================
+
+def _absent(value) -> bool:
+    """None, an empty / blank string, or an empty list: no usable value."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, (list, tuple)):
+        return not value
+    return False
+
+
+def missing_fields(record, fields: Iterable[str]) -> list[str]:
+    """The names in ``fields`` that ``record`` lacks (absent, None, blank text or an empty list)."""
+    if not isinstance(record, dict):
+        return list(fields)
+    return [f for f in fields if _absent(record.get(f))]
+
+
+def require_fields(record, fields: Iterable[str], where: str, why: str = "") -> None:
+    """Raise ``ValueError`` when ``record`` lacks one of ``fields``.
+
+    The message starts with ``where`` (a ``file:line``, a task name), names the
+    missing field(s), what needs them (``why``) and the fields the record has;
+    a record without its gold answer would otherwise score 0 (or, for code
+    without tests, pass) silently.
+    """
+    fields = list(fields)
+    missing = missing_fields(record, fields)
+    if not missing:
+        return
+    has = sorted(record) if isinstance(record, dict) else type(record).__name__
+    names = ", ".join(repr(f) for f in missing)
+    raise ValueError(
+        f"{where}: record has no {names} (absent, null or empty)"
+        + (f"; {why}" if why else "")
+        + f". Every record needs {', '.join(repr(f) for f in fields)}; this one has {has}"
+    )
+
 
 # =====================================================================
 # Numbers and GSM8K
@@ -130,6 +175,9 @@ def gsm8k_correct(response: str, gold: str, mode: str = "strict") -> bool:
         pred = extract_gsm8k_flexible(response)
     else:
         raise ValueError(f"mode={mode!r} must be 'strict' or 'flexible'")
+    if _absent(gold):
+        raise ValueError(f"gsm8k_correct: gold answer {gold!r} is empty; the record needs an "
+                         "'answer' (ending in '#### N', or the bare number)")
     return pred is not None and pred == _gold_number(gold)
 
 
@@ -253,7 +301,9 @@ def math_equal(pred: str | None, gold: str) -> bool:
 
 def math_correct(response: str, gold: str) -> bool:
     """Is the final answer of ``response`` (see :func:`extract_math_answer`)
-    equivalent to ``gold`` (the dataset's ``answer`` field)?"""
+    equivalent to ``gold`` (the dataset's ``answer`` field, which must not be empty)?"""
+    if _absent(gold):
+        raise ValueError(f"math_correct: gold answer {gold!r} is empty; the record needs an 'answer'")
     return math_equal(extract_math_answer(response), gold)
 
 
@@ -359,7 +409,14 @@ def humaneval_program(response: str, problem: dict) -> str:
 
 def humaneval_test_code(problem: dict) -> str:
     """HumanEval's ``test`` (which defines ``check``) and the call ``check(entry_point)``."""
+    require_fields(problem, ("test", "entry_point"), f"HumanEval problem {_task_id(problem)}",
+                   "its tests are 'test' + check(entry_point)")
     return f"{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def _task_id(problem) -> str:
+    tid = problem.get("task_id") if isinstance(problem, dict) else None
+    return repr(tid) if tid is not None else "(no task_id)"
 
 
 def mbpp_entry_point(problem: dict) -> str | None:
@@ -396,7 +453,10 @@ def mbpp_program(response: str, problem: dict) -> str:
 
 def mbpp_test_code(problem: dict) -> str:
     """MBPP's ``test_setup_code`` (run after the program: it may use the
-    program's classes) followed by the ``test_list`` assertions."""
+    program's classes) followed by the ``test_list`` assertions (which must not be
+    empty: a problem without tests would pass any program)."""
+    require_fields(problem, ("test_list",), f"MBPP problem {_task_id(problem)}",
+                   "without 'test_list' assertions any program would pass")
     parts = [problem.get("test_setup_code") or "", *(problem.get("test_list") or [])]
     return "\n".join(p.replace("\r\n", "\n") for p in parts if p) + "\n"
 
@@ -588,6 +648,12 @@ def ifeval_scores(response: str, doc: dict) -> dict:
     (list of bool, one per instruction), ``prompt_level_loose_acc``,
     ``inst_level_loose_acc``. NLTK data: see :func:`ensure_nltk_punkt_tab`.
     """
+    where = f"IFEval record key={doc.get('key')!r}" if isinstance(doc, dict) else "IFEval record"
+    require_fields(doc, ("prompt", "instruction_id_list", "kwargs"), where,
+                   "the checks are the instructions with their arguments")
+    if not isinstance(doc["kwargs"], list) or len(doc["kwargs"]) != len(doc["instruction_id_list"]):
+        raise ValueError(f"{where}: 'kwargs' must be a list with one entry (an object, or null) per "
+                         f"instruction of 'instruction_id_list' ({len(doc['instruction_id_list'])})")
     utils = _ifeval_utils()
     kwargs = [dict(k or {}) for k in doc["kwargs"]]
     doc = {"key": doc.get("key", 0), "prompt": doc["prompt"],

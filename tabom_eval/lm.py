@@ -24,7 +24,8 @@ import logging
 import os
 import sys
 import time
-from collections import defaultdict
+import weakref
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,111 @@ def _coerce(value: Any) -> Any:
 # (a revision "1234", a system prompt "42").
 STRING_KEYS = ("peft", "family", "device", "revision", "samples_file", "system_prompt")
 # model_args and sampler settings that accept only true / false.
-BOOL_KEYS = ("merge_peft", "trust_remote_code", "check_greedy", "ban_eos", "eos_last", "early_exit")
+BOOL_KEYS = ("merge_peft", "trust_remote_code", "check_greedy", "ban_eos", "eos_last", "early_exit",
+             "strict_reference")
 # model_args that are counts (integers >= 1).
 INT_KEYS = ("batch_size", "max_batch_size", "mc_num", "mc_batch_size", "max_length")
+
+# One line of meaning per model_arg for `tabom-eval --help` (model_args_help). The keys
+# listed there are ACCEPTED_KEYS themselves, so a key missing here still appears (with
+# a placeholder; tests/test_cli.py asserts there is none). Model keys: (meaning, default);
+# sampler keys: meaning only, their defaults are read from DecodeConfig and the families.
+MODEL_ARG_HELP = {
+    "pretrained": ("Hub id or local folder of the checkpoint", "required"),
+    "peft": ("LoRA adapter: a local folder with adapter_config.json, or a Hub id org/name", "none"),
+    "merge_peft": ("fold the adapter into the base weights after loading", "false"),
+    "family": ("model family (llada, dream) when the checkpoint's config.json does not tell",
+               "from config.json"),
+    "dtype": ("weight dtype: float32, bfloat16, float16 or auto", "auto: bfloat16 on CUDA, float32 else"),
+    "device": ("torch device, strict (cuda without CUDA is refused)",
+               "lm-eval's --device, CPU when CUDA is absent"),
+    "batch_size": ("prompts decoded together (auto is not supported)", "1"),
+    "max_batch_size": ("batch size used for batch_size=auto", "none"),
+    "revision": ("Hub revision (branch, tag or commit) of pretrained", "none"),
+    "trust_remote_code": ("run the checkpoint's own modelling code from the Hub", "false"),
+    "mc_num": ("Monte Carlo samples per loglikelihood request", "128"),
+    "mc_batch_size": ("Monte Carlo samples per forward pass (must divide mc_num)", "min(32, mc_num)"),
+    "max_length": ("prompt + generation budget in tokens; longer prompts are left-truncated",
+                   "the config's max_position_embeddings, else 4096"),
+    "samples_file": ("per-sample side file (JSONL: NFE, wall time, decoder, cached)",
+                     "$TABOM_SAMPLES_FILE, else tabom_samples_<time>.jsonl under --output_path"),
+    "system_prompt": ("system message put before the chat (with --apply_chat_template)", "none"),
+    "check_greedy": ("loglikelihood's is_greedy: one exact greedy decode per request", "true"),
+}
+from tabom import decoding as _decoding  # noqa: E402 -- the lists SAMPLER_HELP names
+
+SAMPLER_HELP = {
+    "gen_length": "new tokens per answer (a task's max_gen_toks overrides it)",
+    "steps": "total denoising steps; none = gen_length (one token per step)",
+    "block_length": "semi-autoregressive block size; none = gen_length (one block)",
+    "order": "which masked positions are revealed first: " + ", ".join(_decoding.ORDERS),
+    "schedule": "how many tokens each step reveals: " + " or ".join(_decoding.SCHEDULES),
+    "tokens_per_step": "parallel decoding: tokens revealed per step (replaces steps)",
+    "threshold": "reveal every position whose confidence reaches this (Fast-dLLM; replaces steps)",
+    "temperature": "sampling temperature; 0 = greedy",
+    "top_p": "nucleus sampling mass",
+    "top_k": "sample among the k most likely tokens",
+    "alg_temp": "temperature of the reveal-order scores (Dream's alg_temp)",
+    "eps": "Dream's final timestep",
+    "ban_eos": "never propose EOS (LLaDA logits_eos_inf)",
+    "eos_last": "EOS / end-of-turn proposals are revealed last (LLaDA confidence_eos_eot_inf)",
+    "early_exit": "stop a row once nothing before its first EOS is masked",
+    "seed": "sampling seed per generate call; none = torch's global generator",
+    "cache": f"KV cache: {', '.join(_decoding.CACHES)} (none is exact; the others Fast-dLLM's block-wise cache)",
+    "strict_reference": "reproduce the original LLaDA / Dream sampling loops token for token",
+}
+NO_HELP = "(no description yet)"
+
+# Files this process wrote finished work to ({path: what}); tabom_eval.cli names them
+# when a run is interrupted (kept_files). Request caches are flushed there first.
+_KEPT: dict[str, str] = {}
+_CACHING_LMS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def kept_files() -> list[tuple[str, str]]:
+    """(path, what) of the files holding this process's finished work: the per-sample
+    side files and the --use_cache databases (committed here, blocking, since
+    lm-eval's cache commits asynchronously)."""
+    for caching in list(_CACHING_LMS):
+        try:
+            caching.dbdict.commit(blocking=True)
+        except Exception as err:  # noqa: BLE001 -- best effort while stopping
+            logger.warning("tabom_dlm: could not flush the request cache %s: %s",
+                           getattr(caching, "cache_db", "?"), err)
+    return [(path, what) for path, what in _KEPT.items() if Path(path).exists()]
+
+
+def _help_value(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def model_args_help(width: int = 18) -> str:
+    """The accepted ``model_args`` of ``tabom_dlm``, one line each with its meaning and
+    default: the epilog of ``tabom-eval --help``. Built from ACCEPTED_KEYS (MODEL_KEYS +
+    every DecodeConfig field); sampler defaults come from DecodeConfig and, where a
+    family changes them, from each family's default decoder."""
+    from tabom.models import FAMILIES
+
+    base = DecodeConfig()
+    per_family = {name: DecodeConfig.for_family(fam) for name, fam in FAMILIES.items()}
+    lines = ["tabom_dlm model_args (--model_args key=value,key=value; unknown keys are refused):"]
+    for key in MODEL_KEYS:
+        meaning, default = MODEL_ARG_HELP.get(key, (NO_HELP, "?"))
+        lines.append(f"  {key:<{width}} {meaning} [default: {default}]")
+    lines.append("sampler settings (tabom.decoding.DecodeConfig; a task's generation_kwargs override "
+                 "them, max_gen_toks -> gen_length):")
+    for key in SAMPLER_KEYS:
+        values = {name: getattr(cfg, key) for name, cfg in per_family.items()}
+        if any(v != getattr(base, key) for v in values.values()):
+            default = ", ".join(f"{name}: {_help_value(v)}" for name, v in values.items())
+        else:
+            default = _help_value(getattr(base, key))
+        lines.append(f"  {key:<{width}} {SAMPLER_HELP.get(key, NO_HELP)} [default: {default}]")
+    return "\n".join(lines)
 
 
 def _as_int(name: str, value) -> int:
@@ -262,14 +365,19 @@ class TabomDLM(LM):
         # the decoder settings that actually ran, per task (see get_model_info)
         self._task_decoders: dict[str, list[DecodeConfig]] = {}
         self._chat_template_used = False
+        self._chat_warned = False  # the missing --apply_chat_template warning, once
+        self._fresh = None  # under --use_cache: Counter of id(request) this model generated
         self._side_path: Path | None = None
 
     # ----------------------------------------------------------- identity
     @property
     def fingerprint(self) -> str:
         """Short hash of everything that changes the model's outputs."""
+        decoder = self.decode_defaults.to_dict()
+        if not decoder.get("strict_reference"):  # off: the hash of every earlier configuration
+            decoder.pop("strict_reference", None)
         blob = json.dumps({"pretrained": self.pretrained, "peft": self.peft,
-                           "decoder": self.decode_defaults.to_dict(), "mc_num": self.mc_num,
+                           "decoder": decoder, "mc_num": self.mc_num,
                            "system_prompt": self.system_prompt,
                            **({} if self.check_greedy else {"check_greedy": False})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -287,7 +395,9 @@ class TabomDLM(LM):
         steps = d.steps or (f"k{d.tokens_per_step}" if d.tokens_per_step else
                             (f"tau{d.threshold}" if d.threshold else d.gen_length))
         cache = "" if d.cache == "none" else f",cache-{d.cache}"
-        return f"{name}[{d.order},gen{d.gen_length},steps{steps},block{d.block},T{d.temperature}{cache}]"
+        strict = ",strict" if d.strict_reference else ""
+        return (f"{name}[{d.order},gen{d.gen_length},steps{steps},block{d.block},T{d.temperature}"
+                f"{cache}{strict}]")
 
     def _record_task_decoder(self, task: str | None, cfg: DecodeConfig) -> None:
         seen = self._task_decoders.setdefault(str(task), [])
@@ -415,6 +525,10 @@ class TabomDLM(LM):
 
     # -------------------------------------------------------- generation
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        if requests and not self._chat_template_used and not self._chat_warned:
+            self._warn_no_chat_template(requests)
+        if self._fresh is not None:  # called by lm-eval's CachingLM: these are not cache hits
+            self._fresh.update(id(r) for r in requests)
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[tuple[int, list[int], DecodeConfig, list[str]]]] = defaultdict(list)
         for i, req in enumerate(requests):
@@ -442,14 +556,56 @@ class TabomDLM(LM):
                     records.append({
                         "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": len(ids),
                         "generated_tokens": len(out.token_ids[j]), "nfe": out.nfe[j],
-                        "batch_wall_s": round(wall, 4), "batch_size": len(batch), "text": text,
-                        "decoder": cfg.to_dict(),
+                        "batch_wall_s": round(wall, 4), "batch_size": len(batch), "cached": False,
+                        "text": text, "decoder": cfg.to_dict(),
                     })
                     self.cache_hook.add_partial("generate_until", req.args, text)
                 self._write_side(records)
                 bar.update(len(batch))
         bar.close()
         return results  # type: ignore[return-value]
+
+    def _warn_no_chat_template(self, requests) -> None:
+        """Warn once when the model has a chat template that lm-eval did not apply.
+
+        lm-eval applies it only with --apply_chat_template, and then calls
+        :meth:`apply_chat_template` for every prompt while building the requests,
+        before any generate_until; so a still unset ``_chat_template_used`` here
+        means raw prompts. (With --cache_requests, requests read back from that
+        cache were built without that call: the warning may then be spurious.)
+        """
+        if not getattr(self.tokenizer, "chat_template", None):
+            return
+        self._chat_warned = True
+        tasks = sorted({str(r.task_name) for r in requests})
+        shown = ", ".join(tasks[:5]) + (f" and {len(tasks) - 5} more" if len(tasks) > 5 else "")
+        logger.warning(
+            "tabom_dlm: task(s) %s run without --apply_chat_template although %s has a chat "
+            "template: prompts go to the model as raw text, which instruct checkpoints answer "
+            "much worse (the tabom_* and mini_* tasks expect the template). Add "
+            "--apply_chat_template (simple_evaluate(..., apply_chat_template=True)).",
+            shown, self.pretrained)
+
+    def _note_cached(self, requests, responses, fresh) -> None:
+        """Side-file records for the requests lm-eval's CachingLM answered from its
+        cache (``fresh`` counts the ones this model generated): ``cached: true``, the
+        cached text and the decoder settings, NFE / tokens / wall time null; so the
+        side file holds one record per request either way."""
+        records = []
+        for req, text in zip(requests, responses):
+            if fresh[id(req)] > 0:
+                fresh[id(req)] -= 1
+                continue
+            try:
+                decoder = self.decode_config_for(req.args[1] if len(req.args) > 1 else {})[0].to_dict()
+            except (ValueError, TypeError):
+                decoder = None
+            records.append({
+                "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": None,
+                "generated_tokens": None, "nfe": None, "batch_wall_s": None, "batch_size": None,
+                "cached": True, "text": text, "decoder": decoder,
+            })
+        self._write_side(records)
 
     # ------------------------------------------------------- side file
     def _side_file(self) -> Path | None:
@@ -480,11 +636,12 @@ class TabomDLM(LM):
         path = self._side_file()
         if path is None or not records:
             return
-        with open(path, "a") as f:  # appended per batch: finished work is never lost
-            for rec in records:
-                rec = {"model": self.model_name, "fingerprint": self.fingerprint, **rec}
-                f.write(json.dumps(rec) + "\n")
+        head = {"model": self.model_name, "fingerprint": self.fingerprint}
+        blob = "".join(json.dumps({**head, **rec}) + "\n" for rec in records)
+        with open(path, "a") as f:  # appended per batch, in one write: finished work is never lost
+            f.write(blob)
             f.flush()
+        _KEPT.setdefault(str(path), "per-sample side file")
 
     # ------------------------------------------------------- likelihood
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -562,21 +719,45 @@ def _cli_output_path() -> str | None:
 
 def _patch_caching_lm() -> None:
     """lm-eval's request cache keys only on the request; give each tabom_dlm
-    configuration (checkpoint, adapter, decoder settings) its own cache file."""
+    configuration (checkpoint, adapter, decoder settings) its own cache file.
+    For a tabom_dlm model, generate_until through the cache also writes side-file
+    records (``cached: true``) for the requests answered from the cache."""
     from lm_eval.api import model as lm_model
 
     cls = lm_model.CachingLM
     if getattr(cls, "_tabom_patched", False):
         return
     original = cls.__init__
+    original_getattr = cls.__getattr__
 
     def __init__(self, lm, cache_db):
         fp = getattr(lm, "cache_fingerprint", None)
         if isinstance(fp, str) and cache_db.endswith(".db"):
             cache_db = f"{cache_db[:-3]}_{fp}.db"
         original(self, lm, cache_db)
+        if isinstance(lm, TabomDLM):
+            _CACHING_LMS.add(self)
+            _KEPT.setdefault(cache_db, "--use_cache request cache; rerunning the same command reuses it")
+
+    def __getattr__(self, attr):
+        fn = original_getattr(self, attr)
+        lm = self.__dict__.get("lm")
+        if attr != "generate_until" or not isinstance(lm, TabomDLM):
+            return fn
+
+        def generate_until(requests, *args, **kwargs):
+            lm._fresh = fresh = Counter()
+            try:
+                responses = fn(requests, *args, **kwargs)
+            finally:
+                lm._fresh = None
+            lm._note_cached(requests, responses, fresh)
+            return responses
+
+        return generate_until
 
     cls.__init__ = __init__
+    cls.__getattr__ = __getattr__
     cls._tabom_patched = True
 
 

@@ -3,6 +3,8 @@
 Problems come from the deterministic generators of :mod:`tabom.mini_world`
 (test split, 400 each: standard error <= 2.5 points); scoring is the same
 code as GSM8K (``#### N`` extraction) and MBPP (sandboxed test execution).
+A record without a field the task reads (:data:`REQUIRED`) is refused, when
+loaded and when scored, rather than scored 0 (or, without tests, passed).
 """
 
 from __future__ import annotations
@@ -16,16 +18,37 @@ from tabom.mini_world import code_records, math_records
 
 N_TEST = int(os.environ.get("TABOM_MINI_N_TEST", "400"))
 
+# The fields each task reads: (fields, what needs them).
+REQUIRED = {
+    "mini_math": (("question", "answer"), "'question' is the prompt, 'answer' (ending in '#### N') the gold"),
+    "mini_code": (("prompt", "code", "test_list"),
+                  "'prompt' is the prompt, the 'test_list' assertions score it, 'code' names the "
+                  "function they call"),
+}
+
+
+def _checked(task: str, records: list[dict], where: str) -> list[dict]:
+    fields, why = REQUIRED[task]
+    for i, rec in enumerate(records):
+        tid = rec.get("task_id") if isinstance(rec, dict) else None
+        tid = i if tid is None and len(records) > 1 else tid
+        label = f"{task} {where}" + ("" if tid is None else f" {tid}")
+        scoring.require_fields(rec, fields, label, f"{task} needs them: {why}")
+    return records
+
 
 def load_mini_math(**kwargs) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(math_records("test", N_TEST))})
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(
+        _checked("mini_math", math_records("test", N_TEST), "test record"))})
 
 
 def load_mini_code(**kwargs) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(code_records("test", N_TEST))})
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(
+        _checked("mini_code", code_records("test", N_TEST), "test record"))})
 
 
 def process_mini_math(doc: dict, results: list[str]) -> dict:
+    _checked("mini_math", [doc], "document")
     response = results[0]
     strict = float(scoring.gsm8k_correct(response, doc["answer"], mode="strict"))
     flexible = float(scoring.gsm8k_correct(response, doc["answer"], mode="flexible"))
@@ -33,10 +56,12 @@ def process_mini_math(doc: dict, results: list[str]) -> dict:
 
 
 def execute_mini_code(resps, docs):
+    _checked("mini_code", list(docs), "document")
     return scoring.execute_responses(resps, docs, scoring.mbpp_program, scoring.mbpp_test_code, timeout=5.0)
 
 
 def process_mini_code(doc: dict, results: list) -> dict:
+    _checked("mini_code", [doc], "document")
     result = results[0]
     passed = result["passed"] if isinstance(result, dict) else scoring.mbpp_run(result, doc, 5.0)["passed"]
     return {"pass@1": float(passed), "score": float(passed)}

@@ -672,3 +672,61 @@ def test_manifest_note_is_shown_under_the_title_and_checked(tmp_path):
     (run / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="'note' must be a string"):
         build_leaderboard(run, out_dir=tmp_path / "out2", plots=False)
+
+
+# --- method labels and NaN / null numbers (issue 13) -------------------------------------------
+
+@pytest.mark.parametrize("bad", ["Tabom", "SFT_SD", "no-sft", "TABOM-v2"])
+def test_misspelled_run_method_is_refused_with_the_accepted_names(run_copy, tmp_path, bad):
+    _edit_manifest(run_copy, lambda m: _run(m, "sft_sd_math").update(method=bad))
+    with pytest.raises(ValueError) as e:
+        L.build_leaderboard(run_copy, tmp_path / "out")
+    msg = str(e.value)
+    assert msg.startswith(f"{run_copy / 'manifest.json'}: run 'sft_sd_math': unknown method '{bad}'"), msg
+    assert "accepted: No-SFT, SFT-GT, SFT-SD, dInfer, T3D, TABOM" in msg
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_misspelling_gets_a_suggestion():
+    m = copy.deepcopy(MINI)
+    m["runs"][1]["method"] = "tabom"
+    with pytest.raises(ValueError, match=r"run 'tabom_math': unknown method 'tabom' \(did you mean 'TABOM'\?\)"):
+        L.validate_manifest(m, "x/manifest.json")
+
+
+def test_misspelled_tds_method_is_refused(run_copy, tmp_path):
+    _edit_manifest(run_copy, lambda m: m["tds"][0].update(method="base"))
+    with pytest.raises(ValueError) as e:
+        L.build_leaderboard(run_copy, tmp_path / "out")
+    msg = str(e.value)
+    assert "manifest.json: tds[0]" in msg and "unknown method 'base' (did you mean 'Base'?)" in msg
+    assert "accepted: Base, SFT-GT, SFT-SD, dInfer, T3D, TABOM" in msg
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("score_stderr,none", float("nan"), "'score_stderr,none' = nan"),
+    ("score_stderr,none", None, "'score_stderr,none' = None"),
+    ("score_stderr,none", -0.01, "'score_stderr,none' = -0.01"),
+    ("score,none", float("nan"), "no finite numeric 'score,none' (it is nan)"),
+    ("score,none", None, "no finite numeric 'score,none' (it is None)"),
+])
+def test_nan_or_null_score_and_stderr_are_refused(run_copy, tmp_path, key, value, needle):
+    path = run_copy / "eval" / "tabom_math" / "results.json"
+    res = json.loads(path.read_text())
+    res["results"]["tabom_mbpp"][key] = value
+    path.write_text(json.dumps(res))  # json writes NaN, as lm-eval's dumps would
+    for allow_missing in (False, True):  # not a missing number: refused either way
+        with pytest.raises(ValueError) as e:
+            L.build_leaderboard(run_copy, tmp_path / "out", allow_missing=allow_missing)
+        msg = str(e.value)
+        assert msg.startswith(f"{path} (run 'tabom_math'): task 'tabom_mbpp' has"), msg
+        assert needle in msg
+
+
+def test_na_stderr_and_absent_stderr_still_accepted(run_copy, tmp_path):
+    path = run_copy / "eval" / "tabom_math" / "results.json"
+    res = json.loads(path.read_text())
+    res["results"]["tabom_mbpp"]["score_stderr,none"] = "N/A"
+    del res["results"]["tabom_humaneval"]["score_stderr,none"]
+    path.write_text(json.dumps(res))
+    assert L.build_leaderboard(run_copy, tmp_path / "out", plots=False)

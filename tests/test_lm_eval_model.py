@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from lm_eval.api.instance import Instance
 
 from tabom.decoding import generate
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +194,68 @@ def test_registered_in_a_fresh_interpreter():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["TabomDLM", "HFLM"]
+
+
+# --- usability (issue 13) -----------------------------------------------------------------------
+
+def _warnings(caplog, needle):
+    return [r for r in caplog.records if r.name == "tabom_eval.lm" and r.levelno == logging.WARNING
+            and needle in r.getMessage()]
+
+
+def test_missing_chat_template_warns_once_naming_task_and_flag(tiny_checkpoints, caplog):
+    from tabom_eval.lm import TabomDLM
+
+    lm = TabomDLM(pretrained=str(tiny_checkpoints["llada"]), gen_length=8, batch_size=2)
+    assert lm.tokenizer.chat_template  # the tiny checkpoints ship one
+    caplog.set_level(logging.WARNING, logger="tabom_eval.lm")
+    lm.generate_until([_task_req("tabom_gsm8k", "Hi", {"max_gen_toks": 8}, 0),
+                       _task_req("mini_math", "Ho", {"max_gen_toks": 8}, 0)], disable_tqdm=True)
+    lm.generate_until([_task_req("tabom_gsm8k", "Hi", {"max_gen_toks": 8}, 1)], disable_tqdm=True)
+    warned = _warnings(caplog, "--apply_chat_template")
+    assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+    assert "mini_math, tabom_gsm8k" in warned[0].getMessage()
+    caplog.clear()
+    templated = TabomDLM(pretrained=str(tiny_checkpoints["llada"]), gen_length=8)
+    prompt = templated.apply_chat_template([{"role": "user", "content": "Hi"}])  # what lm-eval calls
+    templated.generate_until([_task_req("tabom_gsm8k", prompt, {"max_gen_toks": 8}, 0)], disable_tqdm=True)
+    assert not _warnings(caplog, "--apply_chat_template")
+
+
+def _side(path):
+    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+
+
+def test_use_cache_hits_are_recorded_in_the_side_file(tiny_checkpoints, tmp_path, monkeypatch, caplog):
+    """Run 1 (limit 2) fills lm-eval's --use_cache; run 2 (limit 3) gets 2 answers from it and
+    generates 1: its side file still holds one record per request, the cached ones marked."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.setenv("TABOM_MINI_N_TEST", "6")
+    tm = TaskManager(include_path=str(REPO / "tasks"), include_defaults=False)
+    cache = tmp_path / "cache" / "lm"
+    caplog.set_level(logging.WARNING, logger="tabom_eval.lm")
+
+    def run(limit, side):
+        res = lm_eval.simple_evaluate(
+            model="tabom_dlm", model_args=f"pretrained={tiny_checkpoints['llada']},samples_file={side}",
+            tasks=["mini_math"], task_manager=tm, limit=limit, use_cache=str(cache),
+            gen_kwargs="max_gen_toks=8", apply_chat_template=True, bootstrap_iters=0, log_samples=True)
+        return res, {s["doc_id"]: s["resps"][0][0] for s in res["samples"]["mini_math"]}
+
+    res1, texts1 = run(2, tmp_path / "side1.jsonl")
+    side1 = _side(tmp_path / "side1.jsonl")
+    assert len(side1) == 2 and all(r["cached"] is False and r["nfe"] == 8 for r in side1)
+    res2, texts2 = run(3, tmp_path / "side2.jsonl")
+    side2 = sorted(_side(tmp_path / "side2.jsonl"), key=lambda r: r["doc_id"])
+    assert [r["doc_id"] for r in side2] == [0, 1, 2]  # one record per request
+    assert [r["cached"] for r in side2] == [True, True, False]
+    for r in side2[:2]:
+        assert r["nfe"] is None and r["batch_wall_s"] is None and r["generated_tokens"] is None
+        assert r["text"] == texts1[r["doc_id"]] == texts2[r["doc_id"]]
+        assert r["task"] == "mini_math" and r["decoder"]["gen_length"] == 8
+    assert side2[2]["nfe"] == 8 and side2[2]["text"] == texts2[2]
+    assert len(list(cache.parent.glob("lm_rank0_*.db"))) == 1  # one cache file per fingerprint
+    # lm-eval applied the chat template (apply_chat_template=True): no warning about the flag
+    assert not _warnings(caplog, "--apply_chat_template")

@@ -57,6 +57,9 @@ BAD_ARGS = [
     (dict(merge_peft="yes"), ValueError, r"merge_peft='yes' must be true or false"),
     (dict(trust_remote_code="1"), ValueError, r"trust_remote_code=1 must be true or false"),
     (dict(cache="full"), ValueError, r"cache='full' must be one of \['none', 'prefix', 'dual'\]"),
+    (dict(strict_reference="maybe"), ValueError, r"strict_reference='maybe' must be true or false"),
+    (dict(strict_reference="true", threshold="0.9"), ValueError,
+     r"strict_reference=True reproduces LLaDA generate.py::generate .* has no threshold rule"),
     (dict(family="gpt"), ValueError, r"family='gpt' is not a known model family"),
     (dict(device="banana"), ValueError, r"device='banana' is not a valid torch device"),
 ]
@@ -186,3 +189,111 @@ def test_offline_without_data_dir_hints_at_it(task_utils, monkeypatch, loader, r
     with pytest.raises(RuntimeError, match=rf"'{hub_id}'.*Couldn't reach.*set TABOM_DATA_DIR to a "
                                            rf"folder holding {rel}"):
         getattr(task_utils, loader)()
+
+
+# A good record per task, and the field whose absence must be refused (not scored 0).
+GOOD_RECORDS = {
+    "gsm8k": ("load_gsm8k", "gsm8k/test.jsonl", "process_gsm8k", "answer",
+              {"question": "1 + 1?", "answer": "1 + 1 = 2\n#### 2"}),
+    "math500": ("load_math500", "math500/test.jsonl", "process_math500", "answer",
+                {"problem": "1 + 1?", "solution": "\\boxed{2}", "answer": "2", "unique_id": "u/1.json"}),
+    "humaneval": ("load_humaneval", "humaneval/HumanEval.jsonl", "execute_humaneval", "test",
+                  {"task_id": "HumanEval/0", "prompt": "def f():\n", "entry_point": "f",
+                   "canonical_solution": "    return 1\n", "test": "def check(c):\n    assert c() == 1\n"}),
+    "mbpp": ("load_mbpp", "mbpp/mbpp.jsonl", "execute_mbpp", "test_list",
+             {"task_id": 11, "text": "Return one.", "code": "def f():\n    return 1",
+              "test_list": ["assert f() == 1"], "test_setup_code": "", "challenge_test_list": []}),
+    "ifeval": ("load_ifeval", "ifeval/input_data.jsonl", "process_ifeval", "kwargs",
+               {"key": 1, "prompt": "Say hi without commas.", "instruction_id_list": ["punctuation:no_comma"],
+                "kwargs": [{}]}),
+}
+
+
+@pytest.mark.parametrize("task", list(GOOD_RECORDS))
+@pytest.mark.parametrize("how", ["absent", "null", "empty"])
+def test_record_without_a_required_field_names_file_line_and_field(task_utils, tmp_path, monkeypatch,
+                                                                   task, how):
+    """A record lacking the field its scorer reads is refused at load time with the file,
+    the line and the field (before: it scored 0, or an MBPP problem without tests passed)."""
+    loader, rel, _, field, good = GOOD_RECORDS[task]
+    monkeypatch.setenv("TABOM_DATA_DIR", str(tmp_path))
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True)
+    bad = dict(good)
+    if how == "absent":
+        del bad[field]
+    else:
+        bad[field] = None if how == "null" else ([] if isinstance(good[field], list) else "  ")
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError) as err:
+        getattr(task_utils, loader)()
+    msg = str(err.value)
+    assert msg.startswith(f"{path}:3: record has no '{field}'"), msg
+    assert f"tabom_{task} needs them" in msg
+    path.write_text(json.dumps(good) + "\n")
+    assert sum(len(split) for split in getattr(task_utils, loader)().values()) == 1
+
+
+@pytest.mark.parametrize("task", list(GOOD_RECORDS))
+def test_scorer_refuses_a_document_without_its_field(task_utils, task):
+    """Documents reaching process_results / the code filters from elsewhere are checked too."""
+    _, _, scorer, field, good = GOOD_RECORDS[task]
+    doc = {k: v for k, v in good.items() if k != field}
+    response = "#### 2" if task == "gsm8k" else "\\boxed{2}"
+    with pytest.raises(ValueError, match=rf"^tabom_{task} document.*: record has no '{field}'"):
+        if scorer.startswith("execute_"):
+            getattr(task_utils, scorer)([[response]], [doc])
+        else:
+            getattr(task_utils, scorer)(doc, [response])
+
+
+def test_hub_rows_without_a_required_field_are_named(task_utils, monkeypatch):
+    import datasets
+
+    monkeypatch.delenv("TABOM_DATA_DIR", raising=False)
+    rows = [{"question": "1 + 1?", "answer": "#### 2"}, {"question": "2 + 2?", "answer": None}]
+    monkeypatch.setattr(task_utils.datasets, "load_dataset",
+                        lambda *a, **k: datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}))
+    with pytest.raises(ValueError, match=r"^Hub dataset 'openai/gsm8k' \(main\) split 'test' row 1: "
+                                         r"record has no 'answer'"):
+        task_utils.load_gsm8k()
+
+
+def test_ifeval_kwargs_must_match_the_instructions(task_utils):
+    doc = dict(GOOD_RECORDS["ifeval"][4], instruction_id_list=["punctuation:no_comma", "detectable_format:title"])
+    with pytest.raises(ValueError, match=r"'kwargs' must be a list with one entry .* per instruction"):
+        task_utils.process_ifeval(doc, ["hi"])
+
+
+def test_scoring_refuses_an_empty_gold_or_test_list():
+    from tabom import scoring
+
+    with pytest.raises(ValueError, match="gsm8k_correct: gold answer None is empty"):
+        scoring.gsm8k_correct("#### 2", None)
+    with pytest.raises(ValueError, match="math_correct: gold answer '' is empty"):
+        scoring.math_correct("\\boxed{2}", "")
+    with pytest.raises(ValueError, match=r"MBPP problem 7: record has no 'test_list'.*any program would pass"):
+        scoring.mbpp_correct("def f(): return 1", {"task_id": 7, "code": "def f(): return 1", "test_list": []})
+    with pytest.raises(ValueError, match=r"HumanEval problem 'H/1': record has no 'test'"):
+        scoring.humaneval_test_code({"task_id": "H/1", "entry_point": "f", "test": None})
+
+
+@pytest.mark.parametrize("task,field", [("mini_math", "answer"), ("mini_code", "test_list")])
+def test_mini_tasks_refuse_a_record_without_its_field(task, field, monkeypatch):
+    spec = importlib.util.spec_from_file_location("tabom_mini_utils_validation", TASKS / "mini_utils.py")
+    mini = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mini)
+    loader = getattr(mini, f"load_{task}")
+    monkeypatch.setattr(mini, "N_TEST", 3)
+    good = loader()["test"][0]
+    doc = {k: v for k, v in good.items() if k != field}
+    with pytest.raises(ValueError, match=rf"^{task} document.*: record has no '{field}'"):
+        getattr(mini, f"process_{task}")(doc, ["#### 1"])
+    if task == "mini_code":
+        with pytest.raises(ValueError, match=rf"^{task} document.*: record has no '{field}'"):
+            mini.execute_mini_code([["x"]], [doc])
+    records = mini.math_records if task == "mini_math" else mini.code_records
+    monkeypatch.setattr(mini, "math_records" if task == "mini_math" else "code_records",
+                        lambda split, n: [dict(r, **{field: None}) for r in records(split, n)])
+    with pytest.raises(ValueError, match=rf"^{task} test record \d+: record has no '{field}'"):
+        loader()
