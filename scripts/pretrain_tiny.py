@@ -15,8 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # default --out; tabom comes from the installed package
 
 
 def main(argv=None) -> int:

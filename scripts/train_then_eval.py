@@ -38,15 +38,15 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from tabom import methods as _methods, stage_state as state
+from tabom.config import compose_train, read_config
+from tabom.utils import atomic_write_json as atomic_json, atomic_write_text, is_main_process
 
-from tabom import stage_state as state  # noqa: E402
-from tabom.utils import atomic_write_json as atomic_json, atomic_write_text  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_CONFIG = REPO / "configs" / "pipeline" / "mini.yaml"
 STAGES = ("base", "eval", "distill", "train", "eval_trained", "tds", "leaderboards")
-LABELS = {"sft_gt": "SFT-GT", "sft_sd": "SFT-SD", "dinfer": "dInfer", "t3d": "T3D", "tabom": "TABOM"}
+LABELS = _methods.labels()  # method name -> table label, from the registry (tabom/methods)
 
 
 # ----------------------------------------------------------------- helpers
@@ -60,18 +60,13 @@ def _resolve(path: str | Path) -> Path:
 
 
 def load_pipeline_config(path: Path) -> dict:
-    import yaml
-
+    """The pipeline config (:func:`tabom.config.read_config`: ``inherit`` deep-merged)."""
     if not path.is_file():
         raise SystemExit(f"--config {path}: file not found")
-    cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict):
-        raise SystemExit(f"--config {path}: must be a YAML mapping")
-    parent = cfg.pop("inherit", None)
-    if parent:
-        base = load_pipeline_config(path.parent / parent)
-        _deep_update(base, cfg)
-        cfg = base
+    try:
+        cfg = read_config(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"--config {path}: {e}") from None
     for key in ("name", "base", "domains", "distill", "train", "eval"):
         if key not in cfg:
             raise SystemExit(f"--config {path}: missing required key {key!r}")
@@ -86,19 +81,10 @@ def load_pipeline_config(path: Path) -> dict:
     bad = set(cfg["train"].get("methods", [])) - set(LABELS)
     if bad:
         raise SystemExit(f"--config {path}: train.methods {sorted(bad)} unknown; choose from {list(LABELS)}")
+    if not (cfg["train"].get("config") or cfg["train"].get("config_dir")):
+        raise SystemExit(f"--config {path}: train.config must name the model's training config "
+                         "(e.g. configs/mini/base.yaml)")
     return cfg
-
-
-def _deep_update(base: dict, new: dict) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _deep_update(base[k], v)
-        else:
-            base[k] = v
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _git_revision() -> str:
@@ -237,13 +223,20 @@ def plan(cfg: dict, run: Path) -> dict:
     return {"trains": trains, "evals": evals, "all_tasks": all_tasks, "seeds": seeds}
 
 
+def _train_config_file(cfg: dict) -> Path:
+    """``train.config``: the model's training config (``train.config_dir: D``,
+    the older form, means ``D/base.yaml``)."""
+    t = cfg["train"]
+    return _resolve(t["config"]) if t.get("config") else _resolve(t["config_dir"]) / "base.yaml"
+
+
 def _train_defaults(cfg: dict, method: str, domain: str) -> dict:
     import dataclasses
 
-    from tabom.train import TrainConfig, _read_config
+    from tabom.train import TrainConfig
 
     data = dataclasses.asdict(TrainConfig())  # every key, so equal runs resolve equal
-    data.update(_read_config(_resolve(cfg["train"]["config_dir"]) / f"{method}_{domain}.yaml"))
+    data.update(compose_train(_train_config_file(cfg), {"method": method, "domain": domain}))
     data.update(cfg["train"].get("overrides") or {})
     return data
 
@@ -270,7 +263,7 @@ def _reuse(stage: str, name: str, folder: Path, inputs: dict, done, validate=Non
         v = state.Verdict(False, True, "--force")
     if v.reason not in ("not made yet", ""):
         say(stage, f"{name}: {v.reason}; {'redoing it' if v.discard else 'running it'}")
-    if _is_main():
+    if is_main_process():
         state.prepare(folder, v)
         state.write_stamp(folder, inputs)
     return False
@@ -498,14 +491,13 @@ def stage_train(cfg, base, run, pl, force, only_ids=None) -> None:
         if only_ids and t["id"] not in only_ids:
             continue
         out = t["out"]
-        path = _resolve(cfg["train"]["config_dir"]) / f"{t['method']}_{t['domain']}.yaml"
         over = dict(cfg["train"].get("overrides") or {})
         over.update(t["overrides"])
-        over.update(model=str(base), trajectories=str(run / "distill"), output_dir=str(out),
-                    domain=t["domain"])
+        over.update(method=t["method"], model=str(base), trajectories=str(run / "distill"),
+                    output_dir=str(out), domain=t["domain"])
         if cfg.get("dtype"):
             over.setdefault("dtype", cfg["dtype"])
-        tcfg = TrainConfig.from_file(path, **over)
+        tcfg = TrainConfig.from_file(_train_config_file(cfg), **over)
         resolved = {k: v for k, v in dataclasses.asdict(tcfg).items()
                     if k not in ("model", "trajectories", "output_dir")}
         inputs = {"stage": "train", **_common_inputs(cfg, run), "config": resolved,
@@ -583,7 +575,7 @@ def stage_tds(cfg, base, run, pl, force) -> None:
     from tabom.trajectories import load_trajectories
 
     tcfg = cfg.get("tds") or {}
-    if not _is_main():
+    if not is_main_process():
         return
     if not tcfg:
         say("tds", "skipped: no tds section in the config")
@@ -650,7 +642,7 @@ def _without_stamp(data: dict) -> dict:
 def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
     from tabom_eval.leaderboard import build_leaderboard
 
-    if not _is_main():
+    if not is_main_process():
         return []
 
     out_dir = _resolve(cfg.get("leaderboard_dir", "leaderboards"))

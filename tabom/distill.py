@@ -31,11 +31,12 @@ import time
 from pathlib import Path
 
 from .trajectories import FIELDS, model_revision, write_parquet
-from .utils import atomic_write_json, parse_overrides
+from .utils import atomic_write_json, is_main_process, parse_overrides, process_rank
 
 
 def _state():
-    """accelerate's process state (CPU processes too: ``ACCELERATE_USE_CPU``)."""
+    """accelerate's process state, which joins the process group under ``accelerate
+    launch`` (CPU processes too: ``ACCELERATE_USE_CPU``); ranks: :func:`tabom.utils.process_rank`."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
@@ -79,10 +80,11 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
         raise ValueError(f"keep={keep!r} must be 'valid' or 'all'")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    ids = [q["id"] for q in queries]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"queries: id {dup!r} appears more than once; ids must be unique")
+    seen: set[str] = set()
+    for q in queries:
+        if q["id"] in seen:
+            raise ValueError(f"queries: id {q['id']!r} appears more than once; ids must be unique")
+        seen.add(q["id"])
     cfg = decoder or DecodeConfig.for_family(model.family, gen_length=256)
     if cfg.early_exit:
         raise ValueError("decoder early_exit=True leaves tokens undecided; the step map must cover "
@@ -94,7 +96,8 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
     shard_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
     done = _done_ids(shard_dir)
-    mine = [q for q in queries[state.process_index::state.num_processes]]
+    rank = process_rank()
+    mine = queries[rank::state.num_processes]
     todo = [q for q in mine if q["id"] not in done]
     name = model_name or str(model.source)
     revision = model_revision(model.source) if model.source and Path(model.source).is_dir() else "unknown"
@@ -102,7 +105,7 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
 
     n_valid = n_total = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"distill[{state.process_index}]",
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"distill[{rank}]",
                disable=not progress, dynamic_ncols=True)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
@@ -130,14 +133,14 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
     elapsed = time.perf_counter() - t0
     state.wait_for_everyone()
     summary = {}
-    if state.is_main_process:
+    if is_main_process():
         summary = finalize(out, queries, keep=keep, extra={
             "decoder": cfg.to_dict(), "model": name, "model_revision": revision,
             "batch_size": batch_size, "processes": state.num_processes,
             "seconds_this_run": round(elapsed, 2), "decoded_this_run": n_total,
         })
     state.wait_for_everyone()
-    if not state.is_main_process:
+    if not is_main_process():
         summary = json.loads((out / "summary.json").read_text())
     return summary
 
@@ -206,7 +209,7 @@ def main(argv=None) -> int:
     queries = [q for name, n in args.source for q in load_queries(name, n, seed=args.seed)]
     summary = distill(model, queries, args.out, cfg, batch_size=args.batch_size,
                       progress=not args.no_progress, model_name=args.model, seed=args.seed)
-    if _state().is_main_process:
+    if is_main_process():
         print(f"[distill] valid {summary['valid']}/{summary['total']} "
               f"({100 * summary['valid_rate']:.1f}%) -> {Path(args.out) / 'trajectories.parquet'}")
     return 0

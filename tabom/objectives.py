@@ -137,8 +137,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-METHODS = ("sft", "dinfer", "t3d", "tabom")
-
 
 # --------------------------------------------------------------------------
 # per-token statistics

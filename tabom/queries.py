@@ -1,19 +1,18 @@
 """Training queries for self-distillation and SFT-GT, with their verifiers.
 
-A *query source* names a set of training problems, the prompt the model sees
-(the same wording as the matching evaluation task, so training and
-evaluation prompts agree), the ground-truth answer (for SFT-GT) and the
-verifier that decides whether a self-distilled answer is kept. Verifiers are
-the functions of :mod:`tabom.scoring` that the lm-eval tasks use.
+A *query source* names a set of training problems; its prompt (the same
+function as the ``doc_to_text`` of the matching evaluation task), its records
+and its verifier all come from the benchmark registry, :mod:`tabom.benchmarks`,
+so training and evaluation prompts and verdicts agree.
 
 =============  ======  ==========================================  =====================
-source         domain  problems                                    verifier
+source         domain  problems (registry entry, split)            verifier
 =============  ======  ==========================================  =====================
-mini_math      math    mini-world train split (tabom.mini_world)   GSM8K strict (#### N)
+mini_math      math    mini-world train split (tabom.mini_world)   #### N (mini world)
 mini_code      code    mini-world train split                      MBPP test execution
-gsm8k          math    GSM8K train (7,473)                         GSM8K flexible
-prm12k         math    PRM800K training problems (12,000)          MATH equivalence
-mbpp           code    MBPP train + validation (task_id 511-974)   MBPP test execution
+gsm8k          math    GSM8K train (7,473)                         lm-eval flexible-extract
+prm12k         math    PRM800K training problems (12,000)          math-verify (solution)
+mbpp           code    MBPP validation + train (task_id 511-974)   MBPP test execution
 =============  ======  ==========================================  =====================
 
 Real data come from ``$TABOM_DATA_DIR`` (the layout of ``../shared/data``)
@@ -24,19 +23,10 @@ when it is set, else from the Hugging Face Hub (``openai/gsm8k``,
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from . import scoring
-
-DATA_ENV = "TABOM_DATA_DIR"
-DOMAINS = ("math", "code")
-
-GSM8K_SUFFIX = ("\n\nSolve the problem step by step. Write the final answer as a number on the last "
-                "line, in the form \"#### <number>\".")
-MATH_SUFFIX = "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+from . import benchmarks, scoring
 
 
 @dataclass(frozen=True)
@@ -61,47 +51,6 @@ def get_source(name: str) -> QuerySource:
     return SOURCES[name]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found ({DATA_ENV}={os.environ.get(DATA_ENV)!r})")
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def _data_dir() -> Path | None:
-    value = os.environ.get(DATA_ENV)
-    return Path(value).expanduser() if value else None
-
-
-def _gsm8k_rows() -> list[dict]:
-    root = _data_dir()
-    if root is not None:
-        return _read_jsonl(root / "gsm8k" / "train.jsonl")
-    import datasets
-
-    return list(datasets.load_dataset("openai/gsm8k", "main", split="train"))
-
-
-def _prm12k_rows() -> list[dict]:
-    root = _data_dir()
-    if root is None:
-        raise FileNotFoundError(f"query source 'prm12k' reads $TABOM_DATA_DIR/math_train/prm12k.jsonl; "
-                                f"set {DATA_ENV} to a folder laid out like ../shared/data")
-    return _read_jsonl(root / "math_train" / "prm12k.jsonl")
-
-
-def _mbpp_rows() -> list[dict]:
-    root = _data_dir()
-    if root is not None:
-        rows = _read_jsonl(root / "mbpp" / "mbpp.jsonl")
-    else:
-        import datasets
-
-        ds = datasets.load_dataset("google-research-datasets/mbpp", "full")
-        rows = [*ds["validation"], *ds["train"]]
-    return [r for r in rows if 511 <= int(r["task_id"]) <= 974]
-
-
 _CALC = re.compile(r"<<[^>]*>>")
 
 
@@ -110,6 +59,7 @@ def load_queries(source: str, n: int | None = None, seed: int = 0) -> list[dict]
     ``domain``, ``prompt`` (user message), ``answer`` (ground-truth response)
     and ``doc`` (JSON of what the verifier needs). ``n`` keeps the first n."""
     src = get_source(source)
+    bench = benchmarks.get(source)
     if n is not None and n < 1:
         raise ValueError(f"n={n} must be a positive number of queries (or None for all)")
     out: list[dict] = []
@@ -117,30 +67,29 @@ def load_queries(source: str, n: int | None = None, seed: int = 0) -> list[dict]
         from .mini_world import math_records
 
         for i, r in enumerate(math_records("train", n or 1000, seed)):
-            out.append(_q(src, i, r["question"], r["answer"], {"answer": r["answer"]}))
+            out.append(_q(src, i, bench.prompt(r), r["answer"], {"answer": r["answer"]}))
     elif source == "mini_code":
         from .mini_world import code_records
 
         for i, r in enumerate(code_records("train", n or 1000, seed)):
             doc = {k: r[k] for k in ("code", "test_list", "test_setup_code", "entry_point")}
-            out.append(_q(src, i, r["prompt"], r["code"], doc))
+            out.append(_q(src, i, bench.prompt(r), r["code"], doc))
     elif source == "gsm8k":
-        for i, r in enumerate(_gsm8k_rows()):
+        for i, r in enumerate(benchmarks.rows("gsm8k", "train")):
             answer = _CALC.sub("", r["answer"])
-            out.append(_q(src, i, r["question"] + GSM8K_SUFFIX, answer, {"answer": r["answer"]}))
+            out.append(_q(src, i, bench.prompt(r), answer, {"answer": r["answer"]}))
     elif source == "prm12k":
-        for i, r in enumerate(_prm12k_rows()):
-            gold = scoring.last_boxed(r["solution"])
-            if gold is None:
-                continue
-            out.append(_q(src, r.get("unique_id", i), r["problem"] + MATH_SUFFIX, r["solution"],
-                          {"answer": gold}))
+        for i, r in enumerate(benchmarks.rows("prm12k", "train")):
+            if not scoring.math_gold(r["solution"], "solution"):
+                continue  # math-verify finds no final answer in the solution: no gold
+            out.append(_q(src, r.get("unique_id", i), bench.prompt(r), r["solution"],
+                          {"solution": r["solution"]}))
     elif source == "mbpp":
-        for r in _mbpp_rows():
+        for r in benchmarks.rows("mbpp", benchmarks.MBPP_TRAINING_SPLITS):
             doc = {k: r.get(k) or ("" if k == "test_setup_code" else []) for k in
                    ("code", "test_list", "test_setup_code")}
             doc["text"] = r["text"]
-            out.append(_q(src, r["task_id"], scoring.mbpp_prompt(r),
+            out.append(_q(src, r["task_id"], bench.prompt(r),
                           "```python\n" + r["code"].replace("\r\n", "\n") + "\n```", doc))
     return out[:n] if n is not None else out
 
@@ -158,16 +107,12 @@ def verify(queries: list[dict], responses: list[str], timeout: float = 10.0) -> 
     code_jobs = []
     for i, (q, resp) in enumerate(zip(queries, responses)):
         doc = json.loads(q["doc"])
-        if q["source"] == "mini_math":
-            verdicts[i] = scoring.gsm8k_correct(resp, doc["answer"], mode="strict")
-        elif q["source"] == "gsm8k":
-            verdicts[i] = scoring.gsm8k_correct(resp, doc["answer"], mode="flexible")
-        elif q["source"] == "prm12k":
-            verdicts[i] = scoring.math_correct(resp, doc["answer"])
-        elif q["source"] in ("mini_code", "mbpp"):
-            code_jobs.append((i, scoring.mbpp_program(resp, doc), scoring.mbpp_test_code(doc)))
-        else:
+        if q["source"] not in SOURCES:
             raise ValueError(f"no verifier for query source {q['source']!r}")
+        if q["source"] in ("mini_code", "mbpp"):  # executed below, in parallel sandboxes
+            code_jobs.append((i, scoring.mbpp_program(resp, doc), scoring.mbpp_test_code(doc)))
+        else:  # the registry's verifier (the one its evaluation task uses)
+            verdicts[i] = benchmarks.get(q["source"]).verify(resp, doc)
     if code_jobs:
         outcomes = scoring.run_tests_parallel([(p, t) for _, p, t in code_jobs], timeout=timeout)
         for (i, _, _), o in zip(code_jobs, outcomes):

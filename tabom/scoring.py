@@ -1,25 +1,30 @@
 """The one place that decides whether an answer is correct.
 
 Used by the lm-eval tasks (``tasks/utils.py``) and by the training code's
-self-distillation filter, so the two can never disagree. This module imports
-neither ``lm_eval`` nor ``tabom_eval``; the IFEval checker of lm-eval is
-imported lazily inside :func:`ifeval_scores` only.
+self-distillation filter, so the two can never disagree. The decisions are
+the libraries' own: math-verify for MATH, lm-eval's gsm8k filters and
+``exact_match`` for GSM8K, lm-eval's IFEval instruction checks for IFEval
+(``lm_eval`` and ``math_verify`` are imported lazily, inside the functions).
 
 Sections
 --------
-- numbers / GSM8K: :func:`normalize_number`, :func:`gsm8k_gold`,
+- numbers / mini world: :func:`normalize_number`, :func:`gsm8k_gold`,
   :func:`extract_gsm8k_strict` (``#### N``), :func:`extract_gsm8k_flexible`
-  (last number), :func:`gsm8k_correct`.
-- MATH500: :func:`last_boxed`, :func:`extract_math_answer`,
-  :func:`normalize_math_answer`, :func:`math_equal` (string normalisation,
-  then ``math_verify``), :func:`math_correct`.
+  (last number), :func:`gsm8k_correct`: the project's own ``#### N`` scorer,
+  kept for ``mini_math`` (and its training queries) so that the committed mini
+  leaderboards keep their scores.
+- GSM8K: :func:`gsm8k_extract` and :func:`gsm8k_scores`: lm-eval's
+  ``strict-match`` / ``flexible-extract`` filters and ``exact_match``, built
+  from the installed lm-eval's ``gsm8k.yaml``.
+- MATH500: :func:`math_parse`, :func:`math_gold`, :func:`math_correct` (``math_verify.parse`` of
+  the raw response, ``math_verify.verify`` against the gold).
 - code: :func:`extract_code`, :func:`humaneval_program`,
   :func:`humaneval_test_code`, :func:`mbpp_entry_point`, :func:`mbpp_program`,
   :func:`mbpp_test_code`, :func:`run_tests` (the sandbox of :mod:`tabom.sandbox`),
   :func:`run_tests_parallel`, :func:`humaneval_run` / :func:`humaneval_correct`,
   :func:`mbpp_run` / :func:`mbpp_correct`.
-- IFEval: :func:`ensure_nltk_punkt_tab` (offline NLTK fallback),
-  :func:`ifeval_scores`.
+- IFEval: :func:`require_punkt_tab` (NLTK's trained ``punkt_tab``, or a clear
+  error), :func:`ifeval_utils` (lm-eval's module), :func:`ifeval_scores`.
 - records: :func:`require_fields` / :func:`missing_fields` (a record without the
   field a scorer needs is refused, never scored 0 or passed silently).
 """
@@ -31,7 +36,6 @@ import functools
 import logging
 import os
 import re
-import tempfile
 import textwrap
 import threading
 import warnings
@@ -46,12 +50,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "normalize_number", "gsm8k_gold", "extract_gsm8k_strict", "extract_gsm8k_flexible",
-    "gsm8k_correct",
-    "last_boxed", "extract_math_answer", "normalize_math_answer", "math_equal", "math_correct",
+    "gsm8k_correct", "GSM8K_FILTERS", "gsm8k_extract", "gsm8k_scores",
+    "MATH_GOLD_FORMATS", "math_parse", "math_gold", "math_correct",
     "extract_code", "humaneval_program", "humaneval_test_code", "mbpp_entry_point",
     "mbpp_program", "mbpp_test_code", "run_tests", "run_tests_parallel", "default_workers",
     "humaneval_run", "humaneval_correct", "mbpp_run", "mbpp_correct",
-    "ensure_nltk_punkt_tab", "ifeval_scores", "missing_fields", "require_fields",
+    "PUNKT_TAB_COMMAND", "PunktTabMissing", "require_punkt_tab", "ifeval_utils", "ifeval_scores",
+    "missing_fields", "require_fields",
 ]
 
 # =====================================================================
@@ -181,130 +186,138 @@ def gsm8k_correct(response: str, gold: str, mode: str = "strict") -> bool:
     return pred is not None and pred == _gold_number(gold)
 
 
+# ---------------------------------------------------------------- GSM8K as lm-eval scores it
+
+GSM8K_FILTERS = ("strict-match", "flexible-extract")
+
+
+@functools.lru_cache(maxsize=1)
+def _lm_eval_gsm8k() -> tuple[dict, dict]:
+    """lm-eval's own ``gsm8k`` task config, read from the installed package:
+    (filter name -> filter component specs, ``exact_match`` keyword arguments)."""
+    import yaml
+    import lm_eval.tasks
+
+    path = Path(lm_eval.tasks.__file__).parent / "gsm8k" / "gsm8k.yaml"
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    filters = {f["name"]: f["filter"] for f in cfg["filter_list"]}
+    metric = next(m for m in cfg["metric_list"] if m["metric"] == "exact_match")
+    em_kwargs = {k: metric[k] for k in ("regexes_to_ignore", "ignore_case", "ignore_punctuation")
+                 if k in metric}
+    missing = set(GSM8K_FILTERS) - set(filters)
+    if missing:
+        raise RuntimeError(f"{path}: lm-eval's gsm8k config has no filter {sorted(missing)}")
+    return filters, em_kwargs
+
+
+def gsm8k_extract(response: str, mode: str = "strict-match") -> str:
+    """The answer lm-eval's gsm8k filter ``mode`` (``"strict-match"``: the
+    number after ``#### ``; ``"flexible-extract"``: the last number) extracts
+    from ``response``, built from lm-eval's filter registry
+    (``RegexFilter`` + ``take_first``) with the regexes of the installed
+    lm-eval's ``gsm8k.yaml``; ``"[invalid]"`` when nothing matches."""
+    from lm_eval.api.registry import get_filter
+
+    filters, _ = _lm_eval_gsm8k()
+    if mode not in filters:
+        raise ValueError(f"mode={mode!r} must be one of {GSM8K_FILTERS}")
+    resps: object = [[response or ""]]
+    for step in filters[mode]:
+        kwargs = {k: v for k, v in step.items() if k != "function"}
+        resps = get_filter(step["function"])(**kwargs).apply(resps, [{}])
+    out = list(resps)[0]
+    return out[0] if isinstance(out, list) else out
+
+
+def gsm8k_scores(response: str, gold: str) -> dict[str, bool]:
+    """lm-eval's gsm8k metric of ``response`` under both filters:
+    ``{"strict-match": bool, "flexible-extract": bool}``, each the filter's
+    answer (:func:`gsm8k_extract`) against ``gold`` (the record's whole
+    ``answer`` field, or the bare number) by lm-eval's ``exact_match`` with the
+    task's ``regexes_to_ignore`` / ``ignore_case`` settings."""
+    if _absent(gold):
+        raise ValueError(f"gsm8k_scores: gold answer {gold!r} is empty; the record needs an "
+                         "'answer' (ending in '#### N', or the bare number)")
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    _, em_kwargs = _lm_eval_gsm8k()
+    return {mode: bool(exact_match_hf_evaluate(predictions=[gsm8k_extract(response, mode)],
+                                               references=[str(gold)], **em_kwargs)["exact_match"])
+            for mode in GSM8K_FILTERS}
+
+
 # =====================================================================
-# MATH500
+# MATH500 (math-verify)
 # =====================================================================
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced
-    braces; ``\\boxed 5`` (no braces) gives ``5``. None when there is none or
-    the last one is unbalanced (cut off)."""
-    if not text:
-        return None
-    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if idx < 0:
-        return None
-    i = idx + (len("\\boxed") if text.startswith("\\boxed", idx) else len("\\fbox"))
-    if i < len(text) and text[i] == " ":
-        m = re.match(r"\s*([^\s$]+)", text[i:])
-        return m.group(1).rstrip(".") if m else None
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    if i >= len(text) or text[i] != "{":
-        return None
-    depth, start = 0, i + 1
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "\\" and j + 1 < len(text) and text[j + 1] in "{}":
-            continue
-        if c == "{" and (j == 0 or text[j - 1] != "\\"):
-            depth += 1
-        elif c == "}" and (j == 0 or text[j - 1] != "\\"):
-            depth -= 1
-            if depth == 0:
-                return text[start:j].strip()
-    return None
-
-
-_ANSWER_IS_RE = re.compile(
-    r"(?:final answer|the answer|answer)\s*(?:is|:)\s*:?\s*(.+)", re.IGNORECASE)
-
-
-def extract_math_answer(text: str) -> str | None:
-    """The final answer of a MATH solution: the last ``\\boxed{...}``; else the
-    rest of the line after the last "answer is" / "final answer:" phrase (with
-    ``$`` delimiters and a final full stop removed); else None."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed
-    matches = _ANSWER_IS_RE.findall(text or "")
-    if not matches:
-        return None
-    ans = matches[-1].strip()
-    ans = re.sub(r"^\\\(|\\\)$", "", ans).strip()
-    ans = ans.strip("$ ").rstrip(".").strip("$ ")
-    return ans or None
-
-
-def _strip_text_wrappers(s: str) -> str:
-    # \text{abc} / \textbf{abc} / \mathrm{abc} -> abc (non-nested)
-    return re.sub(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}", r"\1", s)
-
-
-def normalize_math_answer(text: str) -> str:
-    """Plain string normalisation of a MATH answer (the fallback when
-    ``math_verify`` cannot decide): drops spaces, ``$``, ``\\left`` /
-    ``\\right``, thin spaces, ``\\text{}`` wrappers, degree marks, a trailing
-    full stop, a leading ``x =``; ``\\dfrac`` / ``\\tfrac`` -> ``\\frac``;
-    ``.5`` -> ``0.5``; ``\\frac12`` -> ``\\frac{1}{2}``; whole numbers lose
-    ``.0`` and thousands commas."""
-    s = str(text or "").strip()
-    s = s.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\:", "")
-    s = s.replace("\\left", "").replace("\\right", "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("^\\circ", "").replace("^{\\circ}", "").replace("°", "")
-    s = s.replace("\\$", "").replace("$", "")
-    s = _strip_text_wrappers(s)
-    s = re.sub(r"\s+", "", s)
-    s = s.rstrip(".")
-    s = re.sub(r"^[a-zA-Z]=", "", s) if re.match(r"^[a-zA-Z]=[^=]", s) else s
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\sqrt(\d+)", r"\\sqrt{\1}", s)
-    s = re.sub(r"(?<![\d])\.(\d)", r"0.\1", s)
-    num = normalize_number(s) if re.fullmatch(r"-?[\d,]*\.?\d+", s) else None
-    return num if num is not None else s
+# How math-verify reads the gold: a bare final answer (MATH500's ``answer``)
+# between ``$`` delimiters (math-verify's documented form for a gold answer), or
+# a worked solution as is (its last ``\boxed{}``, as lm-eval's minerva_math
+# passes ``doc["solution"]``).
+MATH_GOLD_FORMATS = ("answer", "solution")
 
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-@functools.lru_cache(maxsize=4096)
-def _mv_parse(expr: str, timeout: int | None):
+def _mv_timeout() -> int | None:
+    """math-verify's timeouts use signals, which work in the main thread only."""
+    return 5 if _in_main_thread() else None
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_gold(text: str, timeout: int | None):
     from math_verify import parse
 
-    return parse("\\boxed{" + expr + "}", parsing_timeout=timeout)
+    return parse(text, parsing_timeout=timeout)
 
 
-def math_equal(pred: str | None, gold: str) -> bool:
-    """Are two final answers equivalent? First equal after
-    :func:`normalize_math_answer`; else ``math_verify.verify`` of both parsed as
-    ``\\boxed{...}`` (``\\frac{1}{2}`` == ``0.5``, ``(1, 2)`` == ``(1,2)``).
-    math_verify's signal-based timeouts are used in the main thread only (they
-    do not work elsewhere); any math_verify error counts as "not equal"."""
-    if pred is None or gold is None:
-        return False
-    if normalize_math_answer(pred) == normalize_math_answer(gold):
-        return True
+def math_parse(text: str):
+    """math-verify's ``parse`` of a whole response, with its own default
+    extraction (last ``\\boxed{}`` first, then "final answer is $...$" and other
+    LaTeX / plain expressions) and normalisation; ``[]`` when it finds nothing
+    or fails."""
+    from math_verify import parse
+
     try:
-        from math_verify import verify
+        return parse(text or "", parsing_timeout=_mv_timeout())
+    except Exception:  # noqa: BLE001 - nothing extracted
+        return []
 
-        timeout = 5 if _in_main_thread() else None
-        g, p = _mv_parse(str(gold), timeout), _mv_parse(str(pred), timeout)
-        if not g or not p:
-            return False
-        return bool(verify(g, p, timeout_seconds=timeout))
+
+def math_gold(gold: str, gold_format: str = "answer"):
+    """math-verify's parse of a gold (see :func:`math_correct` for ``gold_format``),
+    cached; ``[]`` when it finds no answer in it."""
+    if gold_format not in MATH_GOLD_FORMATS:
+        raise ValueError(f"gold_format={gold_format!r} must be one of {MATH_GOLD_FORMATS}")
+    try:
+        return _parse_gold(f"${gold}$" if gold_format == "answer" else str(gold), _mv_timeout())
+    except Exception:  # noqa: BLE001 - nothing extracted
+        return []
+
+
+def math_correct(response: str, gold: str, gold_format: str = "answer") -> bool:
+    """Is ``response`` right? ``math_verify.verify(parse(gold), parse(response))``
+    on the raw response (no extraction or normalisation of our own).
+
+    ``gold_format``: ``"answer"`` (default): ``gold`` is the bare final answer
+    (MATH500's ``answer`` field, LaTeX without delimiters), given to math-verify
+    as ``$gold$``; ``"solution"``: ``gold`` is a worked solution, parsed as is
+    (its last ``\\boxed{}``; lm-eval's minerva_math ``math_verify`` metric).
+    Any math-verify error counts as wrong."""
+    if gold_format not in MATH_GOLD_FORMATS:
+        raise ValueError(f"gold_format={gold_format!r} must be one of {MATH_GOLD_FORMATS}")
+    if _absent(gold):
+        raise ValueError(f"math_correct: gold {gold_format} {gold!r} is empty; the record needs an "
+                         f"{gold_format!r}")
+    from math_verify import verify
+
+    try:
+        g, p = math_gold(gold, gold_format), math_parse(response)
+        return bool(g and p and verify(g, p, timeout_seconds=_mv_timeout()))
     except Exception:  # noqa: BLE001 - a failed comparison is a wrong answer
         return False
-
-
-def math_correct(response: str, gold: str) -> bool:
-    """Is the final answer of ``response`` (see :func:`extract_math_answer`)
-    equivalent to ``gold`` (the dataset's ``answer`` field, which must not be empty)?"""
-    if _absent(gold):
-        raise ValueError(f"math_correct: gold answer {gold!r} is empty; the record needs an 'answer'")
-    return math_equal(extract_math_answer(response), gold)
 
 
 # =====================================================================
@@ -438,14 +451,6 @@ def mbpp_entry_point(problem: dict) -> str | None:
     return m.group(1) if m else (names[0] if names else None)
 
 
-def mbpp_prompt(problem: dict) -> str:
-    """The MBPP prompt of the ``tabom_mbpp`` task (and of MBPP training queries):
-    the description, the tests to pass, and the answer format."""
-    tests = "\n".join(problem["test_list"])
-    return (f"{problem['text']}\nYour code should pass these tests:\n\n```python\n{tests}\n```\n\n"
-            "Write the complete Python function in a single ```python code block.")
-
-
 def mbpp_program(response: str, problem: dict) -> str:
     """The program that MBPP's tests run for ``response``: its extracted code."""
     return extract_code(response, mbpp_entry_point(problem))
@@ -532,95 +537,49 @@ def mbpp_correct(response: str, problem: dict, timeout: float = 10.0) -> bool:
 # IFEval
 # =====================================================================
 
-# Abbreviations the fallback sentence splitter must not end a sentence at
-# (punkt_tab format: lower case, without the final full stop).
-PUNKT_ABBREVIATIONS = (
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "rev", "gen", "col", "lt",
-    "capt", "sgt", "gov", "sen", "rep", "hon", "pres", "vs", "e.g", "i.e", "cf", "al", "approx",
-    "dept", "univ", "inc", "ltd", "co", "corp", "assn", "bros", "no", "nos", "vol", "fig", "figs",
-    "pp", "ed", "eds", "est", "u.s", "u.k", "u.n", "a.m", "p.m", "jan", "feb", "mar", "apr",
-    "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "wed", "thu", "fri",
-    "sat", "sun", "ave", "blvd", "rd", "ph.d", "b.a", "m.a", "b.sc", "m.sc", "d.c",
-)
-_PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
+# The command that installs NLTK's trained punkt_tab model (needs a network once).
+PUNKT_TAB_COMMAND = 'python -c "import nltk; nltk.download(\'punkt_tab\')"'
 
 
-def _nltk_fallback_root() -> Path:
-    env = os.environ.get("TABOM_NLTK_DATA")
-    if env:
-        return Path(env)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "tabom" / "nltk_data"
+class PunktTabMissing(LookupError):
+    """NLTK's trained ``punkt_tab`` model is not installed (see :func:`require_punkt_tab`)."""
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_punkt_tab(root: Path) -> None:
-    lang = root / "tokenizers" / "punkt_tab" / "english"
-    lang.mkdir(parents=True, exist_ok=True)
-    for name in _PUNKT_FILES:
-        text = "\n".join(PUNKT_ABBREVIATIONS) + "\n" if name == "abbrev_types.txt" else ""
-        _write_if_changed(lang / name, text)
-
-
-_NLTK_LOCK = threading.Lock()
-
-
-def ensure_nltk_punkt_tab() -> str | None:
-    """Make NLTK's ``punkt_tab`` English model findable without a network.
-
-    If a real ``punkt_tab`` is installed anywhere on ``nltk.data.path`` it is
-    used and None is returned. Otherwise an *untrained* Punkt model is written
-    (``tokenizers/punkt_tab/english/``: empty ``collocations.tab``,
-    ``sent_starters.txt`` and ``ortho_context.tab``, and an
-    ``abbrev_types.txt`` holding :data:`PUNKT_ABBREVIATIONS`, so "Dr." or "e.g."
-    do not end a sentence) under ``$TABOM_NLTK_DATA``, else
-    ``$XDG_CACHE_HOME/tabom/nltk_data`` (``~/.cache/tabom/nltk_data``), else,
-    when that is not writable, ``<tempdir>/tabom-nltk-data-<uid>``; that folder
-    is put first on ``nltk.data.path`` and returned. The untrained splitter
-    ends sentences at ., ! and ? followed by a space and a word, except after
-    listed abbreviations; the trained model also learns collocations and
-    sentence starters, so IFEval's sentence-count checks
-    (``length_constraints:number_sentences``) may differ on rare texts.
-    """
+def _punkt_missing_message() -> str:
     import nltk
 
-    with _NLTK_LOCK:
-        try:
-            nltk.data.find("tokenizers/punkt_tab/english/")
-            return None
-        except LookupError:
-            pass
-        roots = [_nltk_fallback_root(), Path(tempfile.gettempdir()) / f"tabom-nltk-data-{os.getuid()}"]
-        for root in roots:
-            try:
-                _write_punkt_tab(root)
-            except OSError as e:
-                logger.debug("cannot write the NLTK fallback under %s: %s", root, e)
-                continue
-            if str(root) not in nltk.data.path:
-                nltk.data.path.insert(0, str(root))
-            logger.info("NLTK punkt_tab not installed: using the untrained fallback under %s", root)
-            return str(root)
-        raise OSError(f"no writable folder for the NLTK punkt_tab fallback (tried {roots})")
+    return ("IFEval needs NLTK's trained 'punkt_tab' sentence model (lm-eval's IFEval checks "
+            "count sentences and words with it) and it is not installed in any NLTK data folder "
+            f"({', '.join(map(str, nltk.data.path))}). No PyPI package ships it and it cannot "
+            f"be fetched offline. Fetch it once on a machine with a network: {PUNKT_TAB_COMMAND} "
+            "(or `python -m nltk.downloader punkt_tab`); offline, copy an nltk_data folder that "
+            "holds tokenizers/punkt_tab/ and set NLTK_DATA to it. See tasks/README.md.")
+
+
+def require_punkt_tab() -> str:
+    """Where NLTK's trained ``punkt_tab`` English model is installed (the
+    folder ``nltk.data.find`` reports); raises :class:`PunktTabMissing`, whose
+    message gives the command that fetches it, when it is not installed.
+    Nothing is downloaded or written: a stand-in model would change
+    ``length_constraints:number_sentences`` and word counts against upstream."""
+    import nltk
+
+    try:
+        return str(nltk.data.find("tokenizers/punkt_tab/english/"))
+    except LookupError:
+        raise PunktTabMissing(_punkt_missing_message()) from None
 
 
 def _no_download(*args, **kwargs) -> bool:
-    logger.warning("tabom.scoring: blocked nltk.download%s (offline; using the punkt_tab fallback)",
-                   args)
+    logger.warning("tabom.scoring: blocked nltk.download%s at lm-eval's IFEval import (no "
+                   "network access while scoring)", args)
     return False
 
 
 @functools.lru_cache(maxsize=1)
-def _ifeval_utils():
-    """lm-eval's ifeval ``utils`` module, imported without any network access."""
-    ensure_nltk_punkt_tab()
+def ifeval_utils():
+    """lm-eval's ``lm_eval.tasks.ifeval.utils`` (its instruction checks and
+    aggregations), imported without the ``nltk.download`` it attempts at import."""
     import nltk
 
     real_download = nltk.download
@@ -646,7 +605,9 @@ def ifeval_scores(response: str, doc: dict) -> dict:
     of dicts, one per instruction; missing or None arguments are allowed).
     Returns ``prompt_level_strict_acc`` (bool), ``inst_level_strict_acc``
     (list of bool, one per instruction), ``prompt_level_loose_acc``,
-    ``inst_level_loose_acc``. NLTK data: see :func:`ensure_nltk_punkt_tab`.
+    ``inst_level_loose_acc``. A check that needs NLTK's ``punkt_tab`` (sentence
+    and word counts) raises :class:`PunktTabMissing` when it is not installed
+    (see :func:`require_punkt_tab`); the other checks run without it.
     """
     where = f"IFEval record key={doc.get('key')!r}" if isinstance(doc, dict) else "IFEval record"
     require_fields(doc, ("prompt", "instruction_id_list", "kwargs"), where,
@@ -654,11 +615,16 @@ def ifeval_scores(response: str, doc: dict) -> dict:
     if not isinstance(doc["kwargs"], list) or len(doc["kwargs"]) != len(doc["instruction_id_list"]):
         raise ValueError(f"{where}: 'kwargs' must be a list with one entry (an object, or null) per "
                          f"instruction of 'instruction_id_list' ({len(doc['instruction_id_list'])})")
-    utils = _ifeval_utils()
+    utils = ifeval_utils()
     kwargs = [dict(k or {}) for k in doc["kwargs"]]
     doc = {"key": doc.get("key", 0), "prompt": doc["prompt"],
            "instruction_id_list": list(doc["instruction_id_list"]), "kwargs": kwargs}
-    out = utils.process_results(doc, [response or ""])
+    try:
+        out = utils.process_results(doc, [response or ""])
+    except LookupError as err:  # NLTK resource missing: say which and how to get it
+        if "punkt" in str(err):
+            raise PunktTabMissing(_punkt_missing_message()) from None
+        raise
     return {
         "prompt_level_strict_acc": bool(out["prompt_level_strict_acc"]),
         "inst_level_strict_acc": [bool(x) for x in out["inst_level_strict_acc"]],

@@ -1,13 +1,18 @@
 """LoRA post-training of a diffusion LM with one of the five methods.
 
-    python -m tabom.train --config configs/mini/tabom_math.yaml [--set lr=1e-4 ...]
+    python -m tabom.train --config configs/mini/base.yaml --method tabom --domain math [--set lr=1e-4 ...]
     accelerate launch --config_file configs/accelerate/ddp_8gpu.yaml -m tabom.train \
-        --config configs/llada/tabom_math.yaml
+        --config configs/llada/base.yaml --method tabom --domain math
 
-Methods (``method:``): ``sft_gt`` / ``sft_sd`` (NELBO on ground-truth /
-self-distilled answers), ``dinfer``, ``t3d``, ``tabom``; the losses are in
-:mod:`tabom.objectives`. Every method trains on the same trajectory dataset
-(:mod:`tabom.distill`): SFT-GT uses the ground-truth answers of the same
+A training config is composed (:mod:`tabom.config`): the method's defaults
+``configs/methods/<method>.yaml`` < the model config (``configs/<model>/base.yaml``,
+or any file that ``inherit``s it) < ``--method`` / ``--domain`` / ``--set``.
+
+Methods (``method:``), one module each in :mod:`tabom.methods` (the registry:
+name, label, data source, config keys, view and loss): ``sft_gt`` / ``sft_sd``
+(NELBO on ground-truth / self-distilled answers), ``dinfer``, ``t3d``,
+``tabom``; the loss functions are in :mod:`tabom.objectives`. Every method
+trains on the same trajectory dataset (:mod:`tabom.distill`): SFT-GT uses the ground-truth answers of the same
 queries whose self-distilled answers were valid, so the methods differ only
 in what they learn from.
 
@@ -44,24 +49,28 @@ from pathlib import Path
 
 import torch
 
-from .objectives import (DEFAULT_WINDOW, T3D_MASK_FROM, WINDOW_TRUNCATED, dinfer_loss, dinfer_view,
-                         eligible_mask, entropy_of, gather_logprobs, log_probs, pack, sft_loss, sft_view,
-                         t3d_loss, t3d_view, tabom_loss, tabom_view, window_from_frac)
+from . import methods as _methods
 from .canvas import left_padded
+from .config import compose_train
 from .trajectories import stop_length
-from .utils import atomic_write_json, parse_overrides
+from .utils import atomic_write_json, is_main_process, parse_overrides
 
-TRAIN_METHODS = ("sft_gt", "sft_sd", "dinfer", "t3d", "tabom")
-METHOD_LABELS = {"sft_gt": "SFT-GT", "sft_sd": "SFT-SD", "dinfer": "dInfer", "t3d": "T3D", "tabom": "TABOM"}
+# the registry (tabom.methods): names and labels of the methods, in table order
+TRAIN_METHODS = _methods.names()
+METHOD_LABELS = _methods.labels()
 
 
 @dataclass
-class TrainConfig:
+class CommonOptions:
+    """The config keys of every method; each method adds its own
+    (``Options`` of its module in :mod:`tabom.methods`)."""
+
     method: str = "tabom"
     model: str = ""  # base checkpoint (folder or Hub id)
     trajectories: str = ""  # trajectory dataset (folder or parquet file)
     output_dir: str = ""
     domain: str | None = None  # keep only trajectories of this domain
+    gt_max_tokens: int | None = None  # data: gt (SFT-GT): canvas cap (default: longest answer)
     dtype: str | None = None  # model weights dtype; default bf16 on CUDA when bf16, else fp32
     # LoRA
     lora_r: int = 16
@@ -83,58 +92,30 @@ class TrainConfig:
     seed: int = 0
     save_steps: int = 100
     save_total_limit: int = 2
-    # objectives
-    eps: float = 1e-3  # sft: p_mask = (1 - eps) t + eps
-    # tabom window: ``window`` (absolute w) or ``window_frac`` (w = max(1,
-    # round(window_frac * canvas length)), rounded half up; the paper: w = 32
-    # on a 256-token canvas = 0.125); at most one of the two; neither: w = 32
-    window: int | None = None
-    window_frac: float | None = None
-    window_mode: str = "local"  # tabom: local | global
-    # tabom, windows that reach the end of the eligible tokens with < w tokens
-    # (paper: "fewer at the end", silent on weighting): weight (default: each
-    # row's reconstruction x |N|/w, the only choice that gives every token past
-    # the first w-1 the same expected weight) | keep (legacy: plain mean, the
-    # last tokens weigh up to H_w x a middle one) | full (only starts with a
-    # full window: both ends down-weighted)
-    window_truncated: str = "weight"
-    # tabom + t3d padding (positions after the first EOS / end-of-turn): train
-    # at most this many of them; null = every position (legacy). Default 2 =
-    # T3D's post_num (train/prepare.py::collect_training_data); the TABOM
-    # paper is silent on padding (its TDS drops every position after the
-    # first EOS). tabom: pairs and windows only over eligible positions (the
-    # input state keeps the true trajectory, padding included); t3d: masked
-    # pads beyond the cap stay masked with no loss, the path term skips all
-    # padding (both as T3D). Not used by sft_* / dinfer.
-    pad_keep: int | None = 2
-    lam: float = 1.0  # tabom: ranking weight lambda (0 = reconstruction only)
-    margin: float = 0.2  # tabom: hinge margin m
-    entropy_temperature: float = 1.0  # temperature of the entropies that are ranked
-    pair_tie_tol: float = 1e-2  # logged pair accuracy: entropy gaps below this (nats) are ties
-    beta: float = 0.1  # t3d
-    alpha: float = 0.5  # t3d
-    lambda_path: float = 0.2  # t3d
-    path_k: int = 4  # t3d tokens per path level
-    # t3d decoder block (T3D's block_size = 8): trace masking per block and
-    # ceil(path_block / path_k) path levels per block (T3D: 8 / 4 = 2 levels);
-    # null = the whole canvas as one block (legacy)
-    path_block: int | None = 8
-    # t3d trace masking: first = mask the earliest-decoded tokens of each block
-    # (T3D's collect_training_data, default) | last = the latest-decoded ones
-    # (legacy; with path_block null a state on the trajectory)
-    t3d_mask_from: str = "first"
-    t3d_ratios: list = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
-    t3d_ratio_power: float = 8.0
-    gt_max_tokens: int | None = None  # sft_gt: canvas cap (default: longest answer)
+
+
+class _Bad:
+    """``bad(key, rule)`` raises ``ValueError("<where>: key=<value> rule")``."""
+
+    def __init__(self, cfg, where: str):
+        self.cfg, self.where = cfg, where
+
+    def __call__(self, key: str, rule: str):
+        raise ValueError(f"{self.where}: {key}={getattr(self.cfg, key)!r} {rule}")
+
+
+class _TrainConfigBase:
+    """Methods of :class:`TrainConfig` (its fields are built from the registry)."""
 
     # ------------------------------------------------------------ files
     @classmethod
     def from_file(cls, path: str | Path, **overrides) -> "TrainConfig":
-        """Read a YAML/JSON config; ``inherit: other.yaml`` (relative to the
-        file) is read first. Relative paths in ``model``, ``trajectories`` and
-        ``output_dir`` stay as written (relative to the working directory)."""
-        data = _read_config(Path(path))
-        data.update({k: v for k, v in overrides.items()})
+        """Read a YAML/JSON config (:func:`tabom.config.compose_train`: the
+        method's ``configs/methods/<method>.yaml`` < the file and what it
+        ``inherit``s, deep-merged < ``overrides``). Relative paths in
+        ``model``, ``trajectories`` and ``output_dir`` stay as written
+        (relative to the working directory)."""
+        data = compose_train(Path(path), overrides)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -145,54 +126,62 @@ class TrainConfig:
         return cfg
 
     def validate(self, where: str = "config") -> None:
-        def bad(key, rule):
-            raise ValueError(f"{where}: {key}={getattr(self, key)!r} {rule}")
-
-        if self.method not in TRAIN_METHODS:
-            bad("method", f"must be one of {list(TRAIN_METHODS)}")
+        bad = _Bad(self, where)
+        if self.method not in _methods.names():
+            bad("method", f"must be one of {list(_methods.names())}")
         for key in ("model", "trajectories", "output_dir"):
             if not getattr(self, key):
                 bad(key, "must be set")
-        for key in ("lora_r", "epochs", "per_device_batch", "grad_accum", "path_k", "save_steps"):
+        for key in ("lora_r", "epochs", "per_device_batch", "grad_accum", "save_steps"):
             if int(getattr(self, key)) < 1:
                 bad(key, "must be >= 1")
-        if self.window is not None and self.window_frac is not None:
-            raise ValueError(f"{where}: window={self.window!r} and window_frac={self.window_frac!r} are both "
-                             "set; set one of them and the other to null (window: absolute w, "
-                             "window_frac: w as a fraction of the canvas)")
-        if self.window is not None and int(self.window) < 1:
-            bad("window", "must be >= 1 or null")
-        if self.window_frac is not None and not 0 < self.window_frac <= 1:
-            bad("window_frac", "must be in (0, 1] or null")
-        if self.window_truncated not in WINDOW_TRUNCATED:
-            bad("window_truncated", f"must be one of {list(WINDOW_TRUNCATED)}")
-        if self.pad_keep is not None and int(self.pad_keep) < 0:
-            bad("pad_keep", "must be >= 0 or null")
-        if self.path_block is not None and int(self.path_block) < 1:
-            bad("path_block", "must be >= 1 or null")
-        if self.t3d_mask_from not in T3D_MASK_FROM:
-            bad("t3d_mask_from", f"must be one of {list(T3D_MASK_FROM)}")
         if self.lr <= 0:
             bad("lr", "must be > 0")
         if self.warmup_steps < 0:
             bad("warmup_steps", "must be >= 0")
-        if self.window_mode not in ("local", "global"):
-            bad("window_mode", "must be 'local' or 'global'")
-        if self.lam < 0 or self.margin < 0:
-            bad("lam" if self.lam < 0 else "margin", "must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:
             bad("max_steps", "must be >= 1 or null")
         if not self.target_modules:
             bad("target_modules", "must name at least one module")
+        for m in _methods.all_methods():  # every method's keys are in every config
+            m.validate(self, bad)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def method_spec(self) -> _methods.Method:
+        return _methods.get(self.method)
+
     def window_for(self, canvas: int) -> int:
         """The TABOM window w of a canvas of ``canvas`` response tokens."""
-        if self.window_frac is not None:
-            return window_from_frac(self.window_frac, canvas)
-        return int(self.window) if self.window is not None else DEFAULT_WINDOW
+        from .methods.tabom import window_for
+
+        return window_for(self, canvas)
+
+
+def _config_class():
+    """TrainConfig = the common keys + every registered method's ``Options``
+    (a key declared by two methods must have the same default)."""
+    specs, seen = [], {}
+    for owner, dc in [("common", CommonOptions)] + [(m.name, m.Options) for m in _methods.all_methods()
+                                                    if m.Options is not None]:
+        for f in dataclasses.fields(dc):
+            if f.name in seen:
+                g, other = seen[f.name]
+                if (g.default, str(g.type)) != (f.default, str(f.type)) or (
+                        (g.default_factory is dataclasses.MISSING) != (f.default_factory is dataclasses.MISSING)):
+                    raise TypeError(f"config key {f.name!r} declared differently by {other} and {owner}")
+                continue
+            seen[f.name] = (f, owner)
+            specs.append((f.name, f.type, field(default=f.default, default_factory=f.default_factory)))
+    return dataclasses.make_dataclass("TrainConfig", specs, bases=(_TrainConfigBase,),
+                                      namespace={"__module__": __name__,
+                                                 "__doc__": "One training run's config: the common "
+                                                            "keys plus every method's options."})
+
+
+TrainConfig = _config_class()
 
 
 def _coerce(key: str, type_str: str, value, where: str):
@@ -228,32 +217,13 @@ def _coerce(key: str, type_str: str, value, where: str):
     return value
 
 
-def _read_config(path: Path, seen=()) -> dict:
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    if path.resolve() in seen:
-        raise ValueError(f"{path}: 'inherit' chain loops back to itself")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a mapping of key: value")
-    parent = data.pop("inherit", None)
-    if parent:
-        base = _read_config(path.parent / parent, (*seen, path.resolve()))
-        base.update(data)
-        data = base
-    return data
-
-
 # --------------------------------------------------------------------------
 # data
 # --------------------------------------------------------------------------
 
 def build_examples(cfg: TrainConfig, model) -> list[dict]:
     """Training examples: prompt ids, response canvas, decode order and steps."""
-    from .trajectories import decode_order, load_trajectories
+    from .trajectories import load_trajectories
 
     ds = load_trajectories(cfg.trajectories, only_correct=True)
     rows = ds.to_list()
@@ -262,27 +232,35 @@ def build_examples(cfg: TrainConfig, model) -> list[dict]:
     if not rows:
         raise ValueError(f"{cfg.trajectories}: no valid trajectories"
                          + (f" of domain {cfg.domain!r}" if cfg.domain else ""))
-    ids = model.special_ids
+    method = _methods.get(cfg.method)
+    out = (_gt_examples if method.data == "gt" else _trajectory_examples)(cfg, rows, model)
+    method.check_examples(cfg, out)
+    return out
+
+
+def _gt_examples(cfg: TrainConfig, rows: list[dict], model) -> list[dict]:
+    """The ground-truth answers of the trajectories' queries (data: gt), on a
+    canvas as long as the longest answer or trajectory (``gt_max_tokens`` caps it)."""
+    ids, tok = model.special_ids, model.tokenizer
+    end = ids.eot if ids.eot is not None else ids.eos
+    answers = [tok(r["answer"], add_special_tokens=False)["input_ids"] + [end] for r in rows]
+    canvas = max(len(rows[0]["response_ids"]), max(len(a) for a in answers))
+    if cfg.gt_max_tokens:
+        canvas = min(canvas, cfg.gt_max_tokens)
     out = []
-    if cfg.method == "sft_gt":
-        tok = model.tokenizer
-        end = ids.eot if ids.eot is not None else ids.eos
-        answers = [tok(r["answer"], add_special_tokens=False)["input_ids"] + [end] for r in rows]
-        canvas = max(len(rows[0]["response_ids"]), max(len(a) for a in answers))
-        if cfg.gt_max_tokens:
-            canvas = min(canvas, cfg.gt_max_tokens)
-        for r, a in zip(rows, answers):
-            a = a[:canvas]
-            out.append({"prompt_ids": r["prompt_ids"], "response_ids": a + [ids.eos] * (canvas - len(a)),
-                        "length": canvas, "order": None, "steps": None})
-        return out
-    longest = max(len(r["response_ids"]) for r in rows)
-    w = cfg.window_for(longest)
-    if cfg.method == "tabom" and cfg.window_mode == "local" and w > longest:
-        raise ValueError(f"window={w} is larger than every trajectory in {cfg.trajectories} "
-                         f"(longest response: {longest} tokens); use window <= {longest} or "
-                         "window_mode: global")
-    stops = set(ids.stop_ids)
+    for r, a in zip(rows, answers):
+        a = a[:canvas]
+        out.append({"prompt_ids": r["prompt_ids"], "response_ids": a + [ids.eos] * (canvas - len(a)),
+                    "length": canvas, "order": None, "steps": None})
+    return out
+
+
+def _trajectory_examples(cfg: TrainConfig, rows: list[dict], model) -> list[dict]:
+    """The self-distilled trajectories (data: sd): answer, decode order, step map."""
+    from .trajectories import decode_order
+
+    stops = set(model.special_ids.stop_ids)
+    out = []
     for r in rows:
         resp = list(r["response_ids"])
         out.append({"prompt_ids": r["prompt_ids"], "response_ids": resp, "length": len(resp),
@@ -323,36 +301,22 @@ def collate(examples: list[dict], pad_id: int, eos_id: int) -> dict:
 
 def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generator | None = None,
                  diffusion_model=None) -> dict:
-    """The loss dict of ``cfg.method`` on one collated batch.
+    """The loss dict of ``cfg.method`` on one collated batch: the method's
+    view (which response tokens are seen / scored), one forward pass at the
+    scored positions, the method's loss (:mod:`tabom.methods`).
 
     ``model`` is what is called (possibly wrapped by accelerate);
     ``diffusion_model`` the unwrapped :class:`DiffusionLM` (for the mask id and
     the adapter switch of T3D's reference pass).
     """
+    from .objectives import gather_logprobs, log_probs, pack
+
+    method = _methods.get(cfg.method)
     dlm = diffusion_model or model
     P = batch["prompt_len"]
     ids = batch["input_ids"]
     resp = ids[:, P:]
-    method = cfg.method
-    stop_lengths = batch.get("stop_lengths", batch["lengths"])  # first stop token, inclusive
-    if method in ("sft_gt", "sft_sd"):
-        known, targets, p_mask = sft_view(batch["resp_mask"], generator, cfg.eps)
-    elif method == "tabom":
-        lengths = batch["lengths"]
-        window = torch.tensor([cfg.window_for(int(n)) for n in lengths])
-        eligible = None
-        if cfg.pad_keep is not None:
-            eligible = eligible_mask(stop_lengths, lengths, cfg.pad_keep, resp.shape[1])
-        known, targets = tabom_view(batch["order"], batch["steps"], lengths, window, cfg.window_mode,
-                                    generator, eligible=eligible, truncated=cfg.window_truncated)
-    elif method == "dinfer":
-        known, targets = dinfer_view(batch["order"], batch["steps"], batch["lengths"], generator)
-    elif method == "t3d":
-        known, targets = t3d_view(batch["order"], batch["lengths"], cfg.t3d_ratios, cfg.t3d_ratio_power,
-                                  generator, mask_from=cfg.t3d_mask_from, block=cfg.path_block,
-                                  stop_lengths=stop_lengths, pad_keep=cfg.pad_keep)
-    else:
-        raise ValueError(f"method={method!r} must be one of {list(TRAIN_METHODS)}")
+    known, targets, extra = method.view(batch, cfg, generator)
     device = ids.device
     known, targets = known.to(device), targets.to(device)
     hide = batch["resp_mask"].to(device) & ~known
@@ -362,38 +326,11 @@ def compute_loss(model, batch: dict, cfg: TrainConfig, generator: torch.Generato
     positions = idx + P
     tgt = resp.gather(1, idx)
     logits = model(x, batch["attention_mask"], positions=positions)
-
     logp_all = log_probs(logits)  # one fp32 log-softmax over the K target rows
-    logp = gather_logprobs(logp_all, tgt)
-    if method in ("sft_gt", "sft_sd"):
-        return sft_loss(logp, valid, p_mask.to(device), batch["lengths"].to(device))
-    if method == "dinfer":
-        return dinfer_loss(logp, valid)
-    if method == "tabom":
-        t = cfg.entropy_temperature
-        ent = entropy_of(logp_all if t == 1.0 else log_probs(logits, t))
-        steps = batch["steps"].to(device).gather(1, idx)
-        weight = None
-        if cfg.window_mode == "local" and cfg.window_truncated == "weight":
-            weight = targets.sum(-1).to(logp) / window.to(device=device, dtype=logp.dtype)  # |N| / w
-        return tabom_loss(logp, ent, steps, valid, cfg.lam, cfg.margin, cfg.pair_tie_tol, weight)
-    # t3d: reference = the base model (adapter switched off), no gradient
-    if dlm.peft_model is None:
-        raise ValueError("t3d needs a LoRA adapter (its frozen reference is the base with the adapter off)")
-    with torch.no_grad(), dlm.peft_model.disable_adapter():
-        ref_logits = dlm(x, batch["attention_mask"], positions=positions).float()
-    # fakes = the reference's argmax, never the mask token; both models score
-    # them over the same (full) vocabulary, so d = 0 while the adapter is zero
-    fake = ref_logits.index_fill(-1, torch.tensor([dlm.mask_id], device=device), float("-inf")).argmax(-1)
-    ref_all = log_probs(ref_logits)
-    lp_real, lp_fake = logp, gather_logprobs(logp_all, fake)
-    lp_real_ref, lp_fake_ref = gather_logprobs(ref_all, tgt), gather_logprobs(ref_all, fake)
-    rank = batch["order"].to(device).gather(1, idx)
-    path_valid = valid
-    if cfg.pad_keep is not None:  # T3D's path term skips every padding position
-        path_valid = valid & (idx < stop_lengths.to(device).unsqueeze(1))
-    return t3d_loss(lp_real, lp_real_ref, lp_fake, lp_fake_ref, valid, rank, cfg.beta, cfg.alpha,
-                    cfg.lambda_path, cfg.path_k, cfg.path_block, idx, path_valid)
+    fwd = _methods.Forward(model=dlm, batch=batch, x=x, positions=positions, idx=idx, valid=valid, tgt=tgt,
+                           logits=logits, logp_all=logp_all, logp=gather_logprobs(logp_all, tgt),
+                           targets=targets, extra=extra)
+    return method.loss(fwd, cfg)
 
 
 # --------------------------------------------------------------------------
@@ -576,7 +513,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
     if stopped:
         return {"stopped_at": state["global_step"], "total_steps": total_steps}
     save_epoch_adapter(max(state["epoch"] - 1, 0), "adapter")
-    summary = {"method": cfg.method, "label": METHOD_LABELS[cfg.method], "steps": state["global_step"],
+    summary = {"method": cfg.method, "label": cfg.method_spec.label, "steps": state["global_step"],
                "epochs": state["epoch"], "examples": len(examples), "processes": acc.num_processes,
                "seconds_last_run": round(time.perf_counter() - t0, 2), "config": cfg.to_dict(),
                "adapter": str(out / "adapter")}
@@ -593,7 +530,10 @@ def read_log(output_dir: str | Path) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tabom.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--config", required=True, help="YAML/JSON training config")
+    ap.add_argument("--config", required=True,
+                    help="YAML/JSON training config, e.g. configs/mini/base.yaml (inherit: deep merge)")
+    ap.add_argument("--method", choices=TRAIN_METHODS, default=None, help="the method (same as --set method=...)")
+    ap.add_argument("--domain", default=None, help="the training domain (same as --set domain=...)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key (YAML value), e.g. --set lr=1e-4")
     ap.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
@@ -603,9 +543,10 @@ def main(argv=None) -> int:
         over = parse_overrides(args.set)
     except ValueError as e:
         ap.error(str(e))
+    over.update({k: v for k, v in (("method", args.method), ("domain", args.domain)) if v is not None})
     cfg = TrainConfig.from_file(args.config, **over)
     summary = train(cfg, progress=not args.no_progress, resume=not args.no_resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(f"[train] {summary.get('label', cfg.method)}: {summary.get('steps')} steps -> {summary.get('adapter')}")
     return 0
 

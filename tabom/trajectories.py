@@ -33,7 +33,6 @@ unmasked in the same step are ordered by their entropy rank in that step
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -162,6 +161,3 @@ def model_revision(directory: str | Path) -> str:
                 h.update(fh.read(1 << 20))
     return "sha256:" + h.hexdigest()[:16]
 
-
-def record_decoder(rec: dict) -> dict:
-    return json.loads(rec["decoder"]) if rec.get("decoder") else {}

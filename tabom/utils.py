@@ -1,9 +1,13 @@
-"""Small shared helpers: atomic file writes and ``--set KEY=VALUE`` parsing."""
+"""Small shared helpers: atomic file writes, ``--set KEY=VALUE`` parsing, the
+process rank under ``accelerate launch`` / ``torchrun``, quiet transformers loading."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 
 
@@ -34,3 +38,50 @@ def parse_overrides(items: list[str], flag: str = "--set") -> dict:
             raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
         out[key] = yaml.safe_load(value) if value else ""
     return out
+
+
+def process_rank() -> int:
+    """This process's global rank, the one way every module asks.
+
+    accelerate's ``PartialState`` when one was created in this process, else
+    ``torch.distributed`` when a process group is initialised, else the ``RANK``
+    variable that ``accelerate launch`` / ``torchrun`` set (0 when alone).
+    Nothing is imported or initialised here.
+    """
+    state_mod = sys.modules.get("accelerate.state")
+    if state_mod is not None and state_mod.PartialState._shared_state != {}:
+        return int(state_mod.PartialState().process_index)
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a single process): the one that writes shared files."""
+    return process_rank() == 0
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' model-type notice, per-tensor progress bar and
+    FutureWarnings for the duration of the block (restored afterwards).
+
+    Loading a ``llada``/``Dream`` config into Llama/Qwen2 is intended here,
+    so the 'model of type llada' notice is noise; everything we check
+    ourselves (missing / mismatched tensors) is raised as an error instead.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

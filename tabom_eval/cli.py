@@ -45,7 +45,8 @@ def _cli_evaluate(epilog: str | None) -> None:
     cli.execute(args)
 
 
-def _output_path(argv: list[str]) -> str | None:
+def output_path_arg(argv: list[str]) -> str | None:
+    """The ``--output_path`` / ``-o`` value of an lm_eval command line, if any."""
     for i, arg in enumerate(argv):
         if arg in ("--output_path", "-o") and i + 1 < len(argv):
             return argv[i + 1]
@@ -60,7 +61,7 @@ def _interrupted_message(argv: list[str], started: float) -> str:
     finished batch to its side file, and --use_cache commits every generation."""
     lm = sys.modules.get("tabom_eval.lm")
     kept = list(lm.kept_files()) if lm is not None else []
-    out = _output_path(argv)
+    out = output_path_arg(argv)
     if out:  # interrupted while lm-eval was saving: what it saved already
         base = Path(out).parent if out.endswith(".json") else Path(out)
         found = sorted(base.glob("**/results_*.json")) + ([Path(out)] if out.endswith(".json") else [])

@@ -84,8 +84,9 @@ messages name the file, the run id / task and the rule):
   in-domain tasks; lambda runs: their domain's in-domain tasks.
   ``score_stderr,none`` may be a number >= 0, ``"N/A"`` or absent; a NaN / null
   score or stderr is refused (naming the file, run and task).
-* ``method``: one of ``METHOD_ORDER`` (No-SFT, SFT-GT, SFT-SD, dInfer, T3D,
-  TABOM); a ``tds`` entry's: Base or one of the trained methods. Labels are
+* ``method``: one of ``METHOD_ORDER`` (No-SFT, then the label of every method
+  of ``tabom.methods``: SFT-GT, SFT-SD, dInfer, T3D, TABOM); a ``tds`` entry's:
+  Base or one of the trained methods. Labels are
   matched exactly; an unknown one is refused with the accepted names.
 * params: parallel ``tokens_per_step`` (int); ablation ``window_mode``
   (global|local), ``lambda`` (number, 0 = trajectory masking only) and optional
@@ -129,6 +130,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tabom.methods import labels as _method_labels
+
 from . import stats
 
 __all__ = [
@@ -155,8 +158,10 @@ __all__ = [
 ]
 
 KINDS = ("main", "parallel", "ablation", "grid", "window", "lambda")
-METHOD_ORDER = ("No-SFT", "SFT-GT", "SFT-SD", "dInfer", "T3D", "TABOM")  # also: the accepted run methods
-TDS_METHOD_ORDER = ("Base", "SFT-SD", "TABOM")
+# the training methods' labels, in table order, from the registry (tabom/methods);
+# also: the accepted run methods
+METHOD_ORDER = ("No-SFT",) + tuple(_method_labels().values())
+TDS_METHOD_ORDER = ("Base", _method_labels()["sft_sd"], _method_labels()["tabom"])  # the paper's Figure 2 first
 # Method labels a ``tds`` entry may carry: the base model, or a trained method.
 TDS_METHODS = ("Base",) + tuple(m for m in METHOD_ORDER if m != "No-SFT")
 DASH = "–"

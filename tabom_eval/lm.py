@@ -36,6 +36,7 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from tabom.decoding import DecodeConfig, generate
+from tabom.utils import process_rank
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ class TabomDLM(LM):
 
     def __init__(self, pretrained: str | None = None, _cli_device: str | None = None, **kwargs):
         super().__init__()
+        _patch_caching_lm()  # lm-eval has no cache hook; see the comment at _cli_output_path
         unknown = sorted(set(kwargs) - set(ACCEPTED_KEYS))
         if unknown:
             raise ValueError(
@@ -330,7 +332,7 @@ class TabomDLM(LM):
             from accelerate import Accelerator
 
             self._accelerator = Accelerator()
-            self._rank = self._accelerator.process_index
+            self._rank = process_rank()
             self._world_size = self._accelerator.num_processes
             device = str(self._accelerator.device)
             atexit.register(_close_process_group)
@@ -706,22 +708,33 @@ class TabomDLM(LM):
         )
 
 
+# Two workarounds, because lm-eval offers no hook for them (checked against the
+# installed lm-eval 0.4.13):
+# - --output_path never reaches the model: lm_eval.evaluator.simple_evaluate builds it
+#   with create_from_arg_string / create_from_arg_obj and additional_config =
+#   {batch_size, max_batch_size, device} only, and the CLI (lm_eval/_cli/run.py) hands
+#   output_path to its EvaluationTracker alone. So the default side-file folder is read
+#   from the command line (_cli_output_path).
+# - simple_evaluate wraps the model in lm_eval.api.model.CachingLM(lm, use_cache +
+#   "_rank<N>.db") directly (no factory or setting to subclass it); CachingLM keys on
+#   hash_args(attr, req.args) only, and the model hears of the cache only through
+#   LM.set_cache_hook(CacheHook), after the SQLite file is open. A cache file per model
+#   configuration and side-file records for cached answers therefore need CachingLM
+#   patched (_patch_caching_lm). It is patched when the first TabomDLM is constructed,
+#   never on import: importing this module leaves lm-eval unchanged.
 def _cli_output_path() -> str | None:
-    """--output_path / -o of the running lm_eval command line, if any."""
-    argv = sys.argv
-    for i, arg in enumerate(argv):
-        if arg in ("--output_path", "-o") and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--output_path="):
-            return arg.split("=", 1)[1]
-    return None
+    """--output_path / -o of the running lm_eval command line, if any (see above)."""
+    from tabom_eval.cli import output_path_arg
+
+    return output_path_arg(sys.argv)
 
 
 def _patch_caching_lm() -> None:
     """lm-eval's request cache keys only on the request; give each tabom_dlm
     configuration (checkpoint, adapter, decoder settings) its own cache file.
     For a tabom_dlm model, generate_until through the cache also writes side-file
-    records (``cached: true``) for the requests answered from the cache."""
+    records (``cached: true``) for the requests answered from the cache.
+    Idempotent; called by ``TabomDLM.__init__`` (see the comment above)."""
     from lm_eval.api import model as lm_model
 
     cls = lm_model.CachingLM
@@ -759,6 +772,3 @@ def _patch_caching_lm() -> None:
     cls.__init__ = __init__
     cls.__getattr__ = __getattr__
     cls._tabom_patched = True
-
-
-_patch_caching_lm()

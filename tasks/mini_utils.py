@@ -1,8 +1,10 @@
 """Data and scoring of the mini world's lm-eval tasks (``mini_math``, ``mini_code``).
 
 Problems come from the deterministic generators of :mod:`tabom.mini_world`
-(test split, 400 each: standard error <= 2.5 points); scoring is the same
-code as GSM8K (``#### N`` extraction) and MBPP (sandboxed test execution).
+(test split, 400 each: standard error <= 2.5 points); scoring is the
+project's own ``#### N`` extraction (:func:`tabom.scoring.gsm8k_correct`, kept
+as it was so that the committed mini leaderboards keep their scores; the real
+GSM8K task uses lm-eval's filters) and MBPP's sandboxed test execution.
 A record without a field the task reads (:data:`REQUIRED`) is refused, when
 loaded and when scored, rather than scored 0 (or, without tests, passed).
 """
@@ -13,18 +15,14 @@ import os
 
 import datasets
 
-from tabom import scoring
+from tabom import benchmarks, scoring
 from tabom.mini_world import code_records, math_records
 
 N_TEST = int(os.environ.get("TABOM_MINI_N_TEST", "400"))
 
-# The fields each task reads: (fields, what needs them).
-REQUIRED = {
-    "mini_math": (("question", "answer"), "'question' is the prompt, 'answer' (ending in '#### N') the gold"),
-    "mini_code": (("prompt", "code", "test_list"),
-                  "'prompt' is the prompt, the 'test_list' assertions score it, 'code' names the "
-                  "function they call"),
-}
+# The fields each task reads: (fields, what needs them), from the registry.
+REQUIRED = {name: (benchmarks.get(name).required, benchmarks.get(name).why)
+            for name in ("mini_math", "mini_code")}
 
 
 def _checked(task: str, records: list[dict], where: str) -> list[dict]:
@@ -45,6 +43,16 @@ def load_mini_math(**kwargs) -> datasets.DatasetDict:
 def load_mini_code(**kwargs) -> datasets.DatasetDict:
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(
         _checked("mini_code", code_records("test", N_TEST), "test record"))})
+
+
+def mini_math_doc_to_text(doc: dict) -> str:
+    """The prompt (tabom.benchmarks; the same as the mini_math training queries)."""
+    return benchmarks.mini_math_prompt(doc)
+
+
+def mini_code_doc_to_text(doc: dict) -> str:
+    """The prompt (tabom.benchmarks; the same as the mini_code training queries)."""
+    return benchmarks.mini_code_prompt(doc)
 
 
 def process_mini_math(doc: dict, results: list[str]) -> dict:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, require_shared_data
 
-pytestmark = pytest.mark.skipif(not (SHARED_DATA / "gsm8k" / "test.jsonl").exists(),
-                                reason=f"shared data not found at {SHARED_DATA}")
+pytestmark = require_shared_data("gsm8k/test.jsonl")
 BIN = Path(sys.executable).parent
 
 
@@ -47,6 +45,22 @@ def _read(out_dir):
     side = [json.loads(line) for f in glob.glob(f"{out_dir}/**/tabom_samples_*.jsonl", recursive=True)
             for line in open(f)]
     return results, samples, side
+
+
+def test_missing_shared_data_skips_or_fails_loudly(tmp_path):
+    """Without the shared data this module is skipped; with TABOM_REQUIRE_DATA=1 (.ci/run)
+    collecting it fails, naming the missing file and TABOM_SHARED_DATA."""
+    env = dict(_env(), TABOM_SHARED_DATA=str(tmp_path / "nowhere"))
+    env.pop("TABOM_REQUIRE_DATA", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))]
+    skipped = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert skipped.returncode == 0 and " skipped" in skipped.stdout and "passed" not in skipped.stdout, \
+        skipped.stdout[-2000:]
+    failed = subprocess.run(cmd, cwd=REPO, env=dict(env, TABOM_REQUIRE_DATA="1"), capture_output=True,
+                            text=True, timeout=300)
+    assert failed.returncode != 0, failed.stdout[-2000:]
+    assert f"{tmp_path / 'nowhere' / 'gsm8k' / 'test.jsonl'} is missing" in failed.stdout
+    assert "set TABOM_SHARED_DATA to the data folder" in failed.stdout
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +110,6 @@ def test_tabom_eval_command_adds_the_packaged_tasks(tiny_checkpoints, tmp_path):
     assert results["config"]["tabom_family"] == "dream" and len(samples) == 4
 
 
-@pytest.mark.skipif(shutil.which("accelerate", path=str(BIN)) is None, reason="accelerate not installed")
 def test_accelerate_two_processes_equal_one(single_run, tiny_checkpoints, tmp_path):
     env = _env()
     env["ACCELERATE_USE_CPU"] = "true"  # two CPU processes over gloo

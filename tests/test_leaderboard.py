@@ -254,7 +254,9 @@ def test_paper_reference_transcription(ref, table):
     spec = (L.PAPER_REFERENCE[ref]["parallel"]["math"] if table == "parallel"
             else L.PAPER_REFERENCE[ref][table])
     rows = spec["rows"]
-    assert list(rows) == list(L.METHOD_ORDER)
+    # the paper's six rows, in the registry's order (a method added later has no paper row)
+    assert list(rows) == [m for m in L.METHOD_ORDER if m in rows] == ["No-SFT", "SFT-GT", "SFT-SD", "dInfer",
+                                                                      "T3D", "TABOM"]
     for method, printed in PRINTED_DELTAS[(ref, table)].items():
         got = [round(v - b, 2) for v, b in zip(rows[method], rows["No-SFT"])]
         want = list(printed)
@@ -267,6 +269,14 @@ def test_paper_reference_transcription(ref, table):
             assert row[n_in] == pytest.approx(sum(row[:n_in]) / n_in, abs=0.006), method
             ood = row[n_in + 1:-1]
             assert row[-1] == pytest.approx(sum(ood) / len(ood), abs=0.006), method
+
+
+def test_method_order_and_labels_come_from_the_method_registry():
+    from tabom import methods
+
+    assert L.METHOD_ORDER == ("No-SFT", *(m.label for m in methods.all_methods()))
+    assert L.TDS_METHODS == ("Base", *(m.label for m in methods.all_methods()))
+    assert L.TDS_METHOD_ORDER == ("Base", methods.get("sft_sd").label, methods.get("tabom").label)
 
 
 def test_paper_column_prefix_match():
@@ -446,11 +456,15 @@ def test_cli_subprocess(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tabom_eval.leaderboard", str(tmp_path / "nope")],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert bad.returncode == 1 and "manifest.json" in bad.stderr and bad.stdout == ""
-    # importing the module pulls in neither torch, tabom nor matplotlib
+    # importing the module pulls in neither torch nor matplotlib; of tabom only the
+    # method registry (labels and order, torch-free)
     code = ("import sys, tabom_eval.leaderboard; "
-            "print(sorted(m for m in ('torch', 'tabom', 'matplotlib', 'pandas') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'matplotlib', 'pandas') if m in sys.modules), "
+            "sorted(m for m in sys.modules if m.startswith('tabom.')))")
     imp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert imp.stdout.strip() == "[]", imp.stderr
+    loaded, from_tabom = imp.stdout.strip().split("] ", 1)
+    assert loaded == "[", imp.stderr
+    assert all(m.startswith("tabom.methods") for m in eval(from_tabom)), from_tabom
 
 
 def test_console_script_declared():

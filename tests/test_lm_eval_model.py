@@ -71,10 +71,10 @@ def test_generate_until_batches_and_matches_the_sampler(lm):
 
 def test_until_cuts_the_text(lm):
     out = lm.generate_until([_req("Hi", {"max_gen_toks": 16})], disable_tqdm=True)[0]
-    if len(out) > 2:
-        stop = out[1:3]
-        cut = lm.generate_until([_req("Hi", {"max_gen_toks": 16, "until": [stop]})], disable_tqdm=True)[0]
-        assert cut == out.split(stop)[0]
+    assert len(out) >= 3, f"the greedy answer {out!r} is too short to cut"  # deterministic decoder
+    stop = out[1:3]
+    cut = lm.generate_until([_req("Hi", {"max_gen_toks": 16, "until": [stop]})], disable_tqdm=True)[0]
+    assert cut == out.split(stop)[0] and len(cut) < len(out)
 
 
 def test_single_token_loglikelihood_is_exact(lm):
@@ -89,8 +89,26 @@ def test_single_token_loglikelihood_is_exact(lm):
     with torch.no_grad():
         exact = lm.model(x, positions=torch.tensor([[len(prefix)]])).log_softmax(-1)[0, 0, full[-1]].item()
     assert ll == pytest.approx(exact, abs=1e-5)
-    res = lm.loglikelihood([_req("The answer is", " 7", kind="loglikelihood")], disable_tqdm=True)
-    assert isinstance(res[0][0], float) and isinstance(res[0][1], bool)
+
+
+def test_loglikelihood_requests_report_value_and_is_greedy(lm):
+    """Through lm-eval's requests, one-token continuations: the exact log-probability, and
+    is_greedy True for the model's own argmax token, False for another token."""
+    ctx = "The answer is "
+    prefix = lm._encode(ctx)
+    x = torch.tensor(prefix + [lm.model.mask_id])[None]
+    with torch.no_grad():
+        logp = lm.model(x, positions=torch.tensor([[len(prefix)]])).log_softmax(-1)[0, 0]
+    best = int(logp.argmax())
+    best_text = lm.tokenizer.decode([best])
+    seven = lm._encode(ctx + "7")[len(prefix):]
+    # premises: both continuations are exactly one token after the context
+    assert lm._encode(ctx + best_text)[len(prefix):] == [best] and len(seven) == 1 and seven[0] != best
+    res = lm.loglikelihood([_req(ctx, best_text, 0, kind="loglikelihood"),
+                            _req(ctx, "7", 1, kind="loglikelihood")], disable_tqdm=True)
+    assert res[0][0] == pytest.approx(logp[best].item(), abs=1e-5) and res[0][1] is True
+    assert res[1][0] == pytest.approx(logp[seven[0]].item(), abs=1e-5) and res[1][1] is False
+    assert res[1][0] < res[0][0]
 
 
 def test_check_greedy(lm, monkeypatch):
@@ -100,8 +118,7 @@ def test_check_greedy(lm, monkeypatch):
     prefix = lm._encode(ctx)
     greedy_ids = generate(lm.model, [prefix], gen_length=3, order="confidence").sequences[0].tolist()
     cont = lm.tokenizer.decode(greedy_ids)
-    if lm._encode(ctx + cont)[len(prefix):] != greedy_ids:
-        pytest.skip("greedy tokens do not round-trip through the tokenizer")
+    assert lm._encode(ctx + cont)[len(prefix):] == greedy_ids, "premise: the greedy tokens round-trip"
     other = [t for t in range(5, 60) if t not in greedy_ids][:3]
     res = lm.loglikelihood([_req(ctx, cont, kind="loglikelihood"),
                             _req(ctx, lm.tokenizer.decode(other), 1, kind="loglikelihood")], disable_tqdm=True)
@@ -190,10 +207,34 @@ def test_registered_in_a_fresh_interpreter():
     """`--model tabom_dlm` resolves with no user import; built-in models still resolve."""
     code = ("from lm_eval.api.registry import get_model; import sys; "
             "assert 'torch' not in sys.modules; "
-            "print(get_model('tabom_dlm').__name__, get_model('hf').__name__)")
+            "print(get_model('tabom_dlm').__name__, get_model('hf').__name__); "
+            "import tabom_eval.lm; from lm_eval.api.model import CachingLM; "
+            "print(getattr(CachingLM, '_tabom_patched', False))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["TabomDLM", "HFLM"]
+    # importing the model leaves lm-eval's CachingLM alone (patched when a TabomDLM is built)
+    assert out.stdout.split() == ["TabomDLM", "HFLM", "False"]
+
+
+def test_chat_template_supplies_the_family_system_turn(tiny_checkpoints):
+    """No family record carries a system prompt: Dream's default system turn comes from its
+    chat template (as in the released checkpoint), once; system_prompt= replaces it;
+    LLaDA's template adds none."""
+    from tabom.models import FAMILIES
+    from tabom_eval.lm import TabomDLM
+
+    assert not any(hasattr(f, "default_system_prompt") or hasattr(f, "stop_tokens") for f in FAMILIES.values())
+    chat = [{"role": "user", "content": "Hi"}]
+    default = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    dream = TabomDLM(pretrained=str(tiny_checkpoints["dream"]), gen_length=8)
+    text = dream.apply_chat_template(chat)
+    assert text.startswith(default) and text.count("<|im_start|>system") == 1
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    brief = TabomDLM(pretrained=str(tiny_checkpoints["dream"]), gen_length=8, system_prompt="Be brief.")
+    text = brief.apply_chat_template(chat)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n") and "helpful assistant" not in text
+    llada = TabomDLM(pretrained=str(tiny_checkpoints["llada"]), gen_length=8)
+    assert "system" not in llada.apply_chat_template(chat)
 
 
 # --- usability (issue 13) -----------------------------------------------------------------------

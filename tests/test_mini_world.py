@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tabom.mini_world import code_records, generate_code, generate_math, math_records, split_of
 from tabom.models import build_tokenizer

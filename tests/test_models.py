@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,20 @@ REFERENCE = {"llada": llada_logits, "dream": dream_logits}
 
 def _ids(vocab=250, shape=(2, 11), seed=0):
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_model_modules_do_not_import_the_loader():
+    """No import circle: the model class, formats, families and LoRA rely on formats /
+    tabom.utils (saving, quiet_transformers), never on loading, which imports them."""
+    import ast
+
+    import tabom.models
+
+    folder = Path(tabom.models.__file__).parent
+    for name in ("diffusion_lm", "formats", "families", "lora"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not imported & {"loading", "tabom.models.loading"}, name
 
 
 def test_sharded_checkpoint_has_published_layout(tiny_checkpoints):

@@ -235,6 +235,29 @@ def test_plan_without_seeds_keeps_the_plain_ids(tmp_path):
         T.plan(cfg, tmp_path)
 
 
+def test_training_configs_are_composed_from_the_model_config(tmp_path):
+    """train.config (configs/<model>/base.yaml) x method x domain, through the
+    same loader as tabom.train; the older train.config_dir: D means D/base.yaml."""
+    from tabom.config import read_config
+    from tabom.train import TrainConfig
+
+    T = _load_script()
+    cfg = T.load_pipeline_config(REPO / "configs" / "pipeline" / "mini.yaml")
+    assert cfg["train"]["config"] == "configs/mini/base.yaml"
+    assert cfg == read_config(REPO / "configs" / "pipeline" / "mini.yaml")  # no other merge rule
+    d = T._train_defaults(cfg, "tabom", "math")
+    assert (d["method"], d["domain"], d["output_dir"]) == ("tabom", "math", "runs/mini/train/tabom_math")
+    assert d["lam"] == 1.0 and d["window_frac"] == 0.125
+    want = TrainConfig.from_file(REPO / "configs" / "mini" / "base.yaml", method="t3d", domain="code").to_dict()
+    assert T._train_defaults(cfg, "t3d", "code") == want
+    old = dict(cfg, train={k: v for k, v in cfg["train"].items() if k != "config"} | {"config_dir": "configs/mini"})
+    assert T._train_defaults(old, "t3d", "code") == want
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"inherit: {REPO / 'configs' / 'pipeline' / 'mini.yaml'}\ntrain: {{config: null}}\n")
+    with pytest.raises(SystemExit, match="train.config must name"):
+        T.load_pipeline_config(bad)
+
+
 def test_compact_samples_keeps_score_and_output_hash_per_problem():
     T = _load_script()
     rows = [{"doc_id": 2, "filter": "none", "score": 1.0, "resps": [["#### 4"]], "metrics": ["score"]},

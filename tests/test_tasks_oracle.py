@@ -15,14 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import require_shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "tasks"
 DATA = Path(os.environ.get("TABOM_SHARED_DATA") or REPO.parent / "shared" / "data")
 
-pytestmark = pytest.mark.skipif(
-    not (DATA / "gsm8k" / "test.jsonl").is_file(),
-    reason=f"shared benchmark data not found under {DATA} (set TABOM_SHARED_DATA to the data folder)")
+pytestmark = require_shared_data(DATA / "gsm8k" / "test.jsonl")
 
 BASE = ("tabom_gsm8k", "tabom_math500", "tabom_humaneval", "tabom_mbpp", "tabom_ifeval")
 SIZES = {"tabom_gsm8k": 1319, "tabom_math500": 500, "tabom_humaneval": 164, "tabom_mbpp": 500,
@@ -236,3 +235,27 @@ def test_local_splits(task_utils):
                                                     "train": 374}
     ids = mbpp["test"]["task_id"]
     assert min(ids) == 11 and max(ids) == 510
+
+
+def test_math500_scores_equal_lm_eval_minerva_math_verify(task_utils):
+    """On every 10th MATH500 record (lm-eval's process_results is slow: it also runs its
+    Minerva normalisation), for the gold, a wrong and a worked-solution response, the task's
+    score equals lm-eval's minerva_math ``math_verify`` metric (gold: the solution)."""
+    minerva = pytest.importorskip("lm_eval.tasks.minerva_math.utils")
+    diffs = []
+    for d in task_utils.load_math500()["test"].select(range(0, 500, 10)):
+        for resp in ("The final answer is $\\boxed{" + d["answer"] + "}$.", "\\boxed{-987654321}",
+                     d["solution"]):
+            ours = task_utils.process_math500(d, [resp])["exact_match"]
+            theirs = minerva.process_results(d, [resp])["math_verify"]
+            if bool(ours) != bool(theirs):
+                diffs.append((d["unique_id"], resp[-80:], ours, theirs))
+    assert not diffs, diffs[:5]
+
+
+def test_ifeval_aggregation_is_lm_evals(task_utils):
+    from lm_eval.tasks.ifeval import utils as lm_ifeval
+
+    assert task_utils.scoring.ifeval_utils() is lm_ifeval
+    items = [[True, False], [True], [False, False, True]]
+    assert task_utils.agg_inst_level_acc(items) == lm_ifeval.agg_inst_level_acc(items) == 0.5

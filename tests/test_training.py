@@ -119,8 +119,39 @@ def test_distill_refuses_early_exit_and_duplicate_ids(tmp_path, mini_model, mini
     cfg = DecodeConfig.for_family(mini_model.family, gen_length=48)
     with pytest.raises(ValueError, match="early_exit"):
         distill(mini_model, mini_queries[:2], tmp_path, cfg.replace(early_exit=True), progress=False)
-    with pytest.raises(ValueError, match="appears more than once"):
+    dup = mini_queries[0]["id"]
+    with pytest.raises(ValueError, match=f"id '{dup}' appears more than once"):
         distill(mini_model, mini_queries[:2] * 2, tmp_path, cfg, progress=False)
+
+
+def test_process_rank_asks_accelerate_then_torch_distributed_then_env(monkeypatch):
+    """tabom.utils.process_rank: accelerate's PartialState once created, else an initialised
+    torch.distributed group, else $RANK; nothing is imported or initialised by asking."""
+    import types
+
+    from tabom.utils import is_main_process, process_rank
+
+    monkeypatch.delitem(sys.modules, "accelerate.state", raising=False)
+    monkeypatch.delitem(sys.modules, "torch.distributed", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    assert process_rank() == 0 and is_main_process()
+    monkeypatch.setenv("RANK", "3")
+    assert process_rank() == 3 and not is_main_process()
+    assert "accelerate.state" not in sys.modules and "torch.distributed" not in sys.modules
+    dist = types.SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True, get_rank=lambda: 1)
+    monkeypatch.setitem(sys.modules, "torch.distributed", dist)
+    assert process_rank() == 1
+    dist.is_initialized = lambda: False
+    assert process_rank() == 3
+
+    class PartialState:  # accelerate's shares its state between instances
+        _shared_state: dict = {}
+        process_index = 2
+
+    monkeypatch.setitem(sys.modules, "accelerate.state", types.SimpleNamespace(PartialState=PartialState))
+    assert process_rank() == 3  # not created yet: not asked
+    PartialState._shared_state = {"created": True}
+    assert process_rank() == 2 and not is_main_process()
 
 
 def test_distill_under_accelerate_two_processes(tmp_path, mini_traj):
@@ -196,13 +227,46 @@ def test_config_files_inherit_coerce_and_reject(tmp_path):
 
 
 def test_shipped_configs_parse():
+    """Every model x method x domain composes from configs/<model>/base.yaml
+    plus configs/methods/<method>.yaml; no per-run stub files are left."""
+    from tabom import methods
     from tabom.train import TrainConfig
 
-    files = [f for m in ("mini", "dream", "llada") for f in sorted((REPO / "configs" / m).glob("*_*.yaml"))]
-    assert len(files) >= 30
-    for f in files:
-        cfg = TrainConfig.from_file(f)
-        assert f.stem.startswith(cfg.method) and f.stem.endswith(cfg.domain)
+    assert not [f for m in ("mini", "dream", "llada") for f in (REPO / "configs" / m).glob("*_*.yaml")]
+    assert {f.stem for f in (REPO / "configs" / "methods").glob("*.yaml")} <= set(methods.names())
+    for model in ("mini", "dream", "llada"):
+        for method in methods.names():
+            for domain in ("math", "code"):
+                cfg = TrainConfig.from_file(REPO / "configs" / model / "base.yaml", method=method, domain=domain)
+                assert (cfg.method, cfg.domain) == (method, domain)
+                assert cfg.output_dir == f"runs/{model}/train/{method}_{domain}"
+                if model != "mini":
+                    assert cfg.trajectories == f"runs/{model}/distill_{domain}"
+
+
+def test_config_composition_precedence_deep_merge_and_placeholders(tmp_path):
+    """configs/methods/<method>.yaml < the file (inherit: deep merge) < overrides;
+    {method}/{domain} filled from the result; one loader for train and pipeline."""
+    from tabom.config import compose_train, deep_merge, read_config
+    from tabom.train import TrainConfig
+
+    (tmp_path / "a.yaml").write_text("x: {p: 1, q: [1, 2]}\ny: 1\n")
+    (tmp_path / "b.yaml").write_text("z: 3\n")
+    (tmp_path / "c.yaml").write_text("inherit: [a.yaml, b.yaml]\nx: {q: [3]}\nz: null\n")
+    assert read_config(tmp_path / "c.yaml") == {"x": {"p": 1, "q": [3]}, "y": 1, "z": None}
+    assert deep_merge({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
+    (tmp_path / "loop.yaml").write_text("inherit: loop.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        read_config(tmp_path / "loop.yaml")
+    (tmp_path / "base.yaml").write_text("model: m\ntrajectories: t/{domain}\noutput_dir: o/{method}_{domain}\n"
+                                        "margin: 0.3\n")
+    raw = compose_train(tmp_path / "base.yaml", {"method": "tabom", "domain": "math"})
+    assert raw["lam"] == 1.0 and raw["window_truncated"] == "weight"  # configs/methods/tabom.yaml
+    assert (raw["margin"], raw["trajectories"], raw["output_dir"]) == (0.3, "t/math", "o/tabom_math")
+    cfg = TrainConfig.from_file(tmp_path / "base.yaml", method="t3d", domain="code", margin=0.1, beta=0.5)
+    assert (cfg.margin, cfg.beta, cfg.path_block, cfg.output_dir) == (0.1, 0.5, 8, "o/t3d_code")
+    with pytest.raises(ValueError, match=r"trajectories='t/\{domain\}' uses \{domain\} but no domain"):
+        TrainConfig.from_file(tmp_path / "base.yaml", method="dinfer")
 
 
 def test_window_larger_than_every_trajectory_and_bad_targets(tmp_path, mini_traj):
@@ -308,7 +372,7 @@ def test_legacy_settings_reproduce_the_previous_loss_bit_for_bit(lora_model, mon
     (its views and losses, kept in test_objectives, swapped in)."""
     import test_objectives as legacy
 
-    from tabom import train as train_mod
+    from tabom import objectives as obj_mod, train as train_mod
 
     batch = _synthetic_batch(lora_model)
     common = dict(model="m", trajectories="t", output_dir="o", window=4, pad_keep=None, window_truncated="keep",
@@ -336,7 +400,7 @@ def test_legacy_settings_reproduce_the_previous_loss_bit_for_bit(lora_model, mon
 
     for name, fn in (("tabom_view", tabom_view), ("t3d_view", t3d_view), ("tabom_loss", tabom_loss),
                      ("t3d_loss", t3d_loss)):
-        monkeypatch.setattr(train_mod, name, fn)
+        monkeypatch.setattr(obj_mod, name, fn)  # the methods look them up at call time
     for method in ("tabom", "t3d"):
         cfg = TrainConfig_(method=method, **common)
         old = train_mod.compute_loss(lora_model, batch, cfg, torch.Generator().manual_seed(11))
@@ -347,6 +411,51 @@ def test_legacy_settings_reproduce_the_previous_loss_bit_for_bit(lora_model, mon
                     (method, k, old[k], new[method][k])
             else:
                 assert old[k] == new[method][k]
+
+
+def test_method_registry_is_the_one_source_of_names_labels_and_losses(tiny_checkpoints):
+    """Names, labels and order come from tabom.methods everywhere; compute_loss
+    dispatches to the registered method's view and loss (a toy method here)."""
+    import importlib.util
+
+    from tabom import methods
+    from tabom.methods import Method, register
+    from tabom.models import load_model
+    from tabom.train import METHOD_LABELS, TRAIN_METHODS, TrainConfig, compute_loss
+    from tabom_eval import leaderboard as L
+
+    assert methods.names() == ("sft_gt", "sft_sd", "dinfer", "t3d", "tabom") == TRAIN_METHODS
+    assert METHOD_LABELS == methods.labels() and L.METHOD_ORDER == ("No-SFT", *methods.labels().values())
+    assert {m.name: m.data for m in methods.all_methods()}["sft_gt"] == "gt"
+    assert {m.data for m in methods.all_methods() if m.name != "sft_gt"} == {"sd"}
+    spec = importlib.util.spec_from_file_location("tte", REPO / "scripts" / "train_then_eval.py")
+    T = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(T)
+    assert T.LABELS == methods.labels()
+
+    class Toy(Method):
+        name, label, order = "toy", "Toy", 99
+
+        def view(self, batch, cfg, generator):
+            targets = batch["resp_mask"].clone()
+            return ~targets, targets, {"scale": 2.0}
+
+        def loss(self, fwd, cfg):
+            ce = -(fwd.logp * fwd.valid).sum() / fwd.valid.sum()
+            return {"loss": fwd.extra["scale"] * ce, "ce": ce.detach()}
+
+    register(Toy())
+    try:
+        assert methods.names()[-1] == "toy" and methods.labels()["toy"] == "Toy"
+        model = load_model(tiny_checkpoints["llada"])
+        cfg = TrainConfig(method="toy", model="m", trajectories="t", output_dir="o")
+        cfg.validate()
+        out = compute_loss(model, _synthetic_batch(model), cfg, torch.Generator().manual_seed(0))
+        assert torch.isfinite(out["loss"]) and torch.equal(out["loss"], 2.0 * out["ce"])
+    finally:
+        methods.base._REGISTRY.pop("toy")
+    with pytest.raises(ValueError, match=r"method='toy' must be one of"):
+        methods.get("toy")
 
 
 def TrainConfig_(**kw):

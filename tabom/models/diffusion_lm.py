@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .families import ModelFamily, SpecialIds
+from .formats import save_native_checkpoint
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -230,8 +231,6 @@ class DiffusionLM(nn.Module):
     def save_pretrained(self, directory, max_shard_size: int | str = "5GB",
                         save_tokenizer: bool = True) -> None:
         """Write the model in its family's published on-disk format."""
-        from .loading import save_native_checkpoint
-
         save_native_checkpoint(self, directory, max_shard_size=max_shard_size,
                                save_tokenizer=save_tokenizer)
 

@@ -36,14 +36,14 @@ class ModelFamily:
     # Chat-templated text already carries BOS for LLaDA, so prompts built from
     # the template are tokenised without adding special tokens.
     add_special_tokens_with_chat_template: bool = False
-    default_system_prompt: str | None = None
+    # No default system prompt here: a family's default system turn (Dream's
+    # "You are a helpful assistant.") comes from the checkpoint's own chat
+    # template, which inserts it when no system message is given.
     # Default decoder of the family's released sampler.
     default_decoder: dict[str, Any] = field(default_factory=dict)
     reference_ids: dict[str, int] = field(default_factory=dict)
     # Tokenizer class to fall back to when AutoTokenizer needs remote code.
     tokenizer_fallback: str = "PreTrainedTokenizerFast"
-    # Eval-only tokens that decoders may push to the end of the canvas.
-    stop_tokens: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return f"{self.name} (model_type {', '.join(self.model_types)})"
@@ -62,7 +62,6 @@ LLADA = ModelFamily(
     default_decoder={"order": "confidence", "temperature": 0.0},
     reference_ids={"mask": 126336, "eos": 126081, "pad": 126081, "eot": 126348, "bos": 126080},
     tokenizer_fallback="PreTrainedTokenizerFast",
-    stop_tokens=("<|endoftext|>", "<|eot_id|>"),
 )
 
 DREAM = ModelFamily(
@@ -75,11 +74,9 @@ DREAM = ModelFamily(
     bos_token=None,
     logit_shift=1,
     add_special_tokens_with_chat_template=False,
-    default_system_prompt="You are a helpful assistant.",
     default_decoder={"order": "entropy", "temperature": 0.1, "top_p": 0.9},
     reference_ids={"mask": 151666, "eos": 151643, "pad": 151643, "eot": 151645},
     tokenizer_fallback="Qwen2Tokenizer",
-    stop_tokens=("<|endoftext|>", "<|im_end|>"),
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (LLADA, DREAM)}

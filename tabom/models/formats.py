@@ -56,8 +56,8 @@ def _regex_table(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 LLADA_KEY_MAP = _regex_table(LLADA_NAME_PATTERNS)
 LLADA_INVERSE_KEY_MAP = _regex_table([(b, a) for a, b in LLADA_NAME_PATTERNS])
 
-# Config fields of a LLaDA checkpoint and the only values this loader accepts
-# for the architectural switches (those of every published LLaDA checkpoint).
+# Architectural switches of a LLaDA config and the only values this loader
+# accepts for them (those of every published LLaDA checkpoint).
 LLADA_FIXED_FIELDS: dict[str, Any] = {
     "block_type": "llama",
     "layer_norm_type": "rms",
@@ -72,24 +72,12 @@ LLADA_FIXED_FIELDS: dict[str, Any] = {
     "layer_norm_with_affine": True,
     "bias_for_layer_norm": False,
 }
-LLADA_READ_FIELDS = (
-    "d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "mlp_ratio",
-    "vocab_size", "embedding_size", "rms_norm_eps", "rope_theta", "max_sequence_length",
-    "weight_tying", "mask_token_id", "eos_token_id", "pad_token_id",
-    *LLADA_FIXED_FIELDS,
-)
 
 DREAM_FIXED_FIELDS: dict[str, Any] = {
     "hidden_act": "silu",
     "use_sliding_window": False,
     "rope_scaling": None,
 }
-DREAM_READ_FIELDS = (
-    "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
-    "num_hidden_layers", "vocab_size", "rms_norm_eps", "rope_theta", "max_position_embeddings",
-    "tie_word_embeddings", "attention_dropout", "mask_token_id", "eos_token_id",
-    "pad_token_id", "bos_token_id", *DREAM_FIXED_FIELDS,
-)
 
 
 def _rename(name: str, table: list[tuple[str, str]]) -> str:
@@ -272,7 +260,6 @@ class CheckpointFormat:
     to_raw_config: Callable[[Any], dict]
     key_map: list[tuple[str, str]]  # published -> transformers (regex, repl)
     inverse_key_map: list[tuple[str, str]]  # transformers -> published
-    read_fields: tuple[str, ...]
 
     def hf_name(self, published: str) -> str:
         return _rename(published, self.key_map)
@@ -294,7 +281,6 @@ LLADA_FORMAT = CheckpointFormat(
     to_raw_config=llada_raw_config,
     key_map=LLADA_KEY_MAP,
     inverse_key_map=LLADA_INVERSE_KEY_MAP,
-    read_fields=LLADA_READ_FIELDS,
 )
 
 DREAM_FORMAT = CheckpointFormat(
@@ -305,7 +291,6 @@ DREAM_FORMAT = CheckpointFormat(
     to_raw_config=dream_raw_config,
     key_map=[],
     inverse_key_map=[],
-    read_fields=DREAM_READ_FIELDS,
 )
 
 FORMATS: dict[str, CheckpointFormat] = {"llada": LLADA_FORMAT, "dream": DREAM_FORMAT}
@@ -371,3 +356,33 @@ def save_sharded(state_dict: dict[str, torch.Tensor], directory: str | os.PathLi
                  "weight_map": split.tensor_to_filename}
         (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return sorted(split.filename_to_tensors)
+
+
+def save_native_checkpoint(model, directory, max_shard_size="5GB",
+                           save_tokenizer: bool = True) -> Path:
+    """Write ``model`` (a :class:`~tabom.models.DiffusionLM`) in its family's published
+    layout (config, shards, tokenizer)."""
+    fmt = model.checkpoint_format
+    if fmt is None:
+        raise ValueError("save_pretrained needs a natively loaded family (llada, dream)")
+    if model.peft_model is not None:
+        raise ValueError("merge or detach the LoRA adapter before saving the base checkpoint "
+                         "(tabom.models.lora.merge_adapter), or save the adapter alone")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.backbone.config
+    raw = fmt.to_raw_config(cfg)
+    raw["mask_token_id"] = model.special_ids.mask
+    raw["eos_token_id"] = model.special_ids.eos
+    raw["pad_token_id"] = model.special_ids.pad
+    raw["torch_dtype"] = str(model.dtype).replace("torch.", "")
+    state = {}
+    for name, tensor in model.backbone.state_dict().items():
+        if cfg.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        state[fmt.published_name(name)] = tensor
+    save_sharded(state, directory, max_shard_size=max_shard_size)
+    (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    if save_tokenizer and model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(directory))
+    return directory

@@ -1,4 +1,5 @@
-"""Load and save diffusion-LM checkpoints (Hub id or local folder).
+"""Load diffusion-LM checkpoints (Hub id or local folder); saving is
+:func:`tabom.models.formats.save_native_checkpoint` (``DiffusionLM.save_pretrained``).
 
 ``load_model`` checks everything it can before any weight is read:
 device availability, the config's family and architectural switches, the
@@ -9,18 +10,17 @@ with the file, the tensor or the field named; nothing is half-loaded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import torch
 
+from ..utils import quiet_transformers
 from .diffusion_lm import DiffusionLM
 from .families import ModelFamily, family_for_model_type, get_family, resolve_special_ids
-from .formats import FORMATS, CheckpointFormat, read_tensor_shapes, save_sharded
+from .formats import FORMATS, CheckpointFormat, read_tensor_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +118,12 @@ def load_tokenizer(directory: Path, family: ModelFamily, trust_remote_code: bool
     from transformers import AutoTokenizer
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
     except Exception as first:  # noqa: BLE001 -- fall back, then report both
         cls = getattr(transformers, family.tokenizer_fallback)
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tok = cls.from_pretrained(str(directory))
         except Exception as second:  # noqa: BLE001
             raise ValueError(
@@ -211,7 +211,7 @@ def load_model(pretrained: str | os.PathLike, *, family: str | None = None, dtyp
     validate_tensors(directory, fmt, hf_config)
 
     cls = fmt.hf_model_class()
-    with _quiet_transformers():
+    with quiet_transformers():
         backbone, info = cls.from_pretrained(
             str(directory), config=hf_config, key_mapping=dict(fmt.key_map) or None,
             dtype=torch_dtype, attn_implementation=attn_implementation,
@@ -230,30 +230,6 @@ def load_model(pretrained: str | os.PathLike, *, family: str | None = None, dtyp
     return model
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' model-type notice and per-tensor progress bar.
-
-    Loading a ``llada``/``Dream`` config into Llama/Qwen2 is intended here,
-    so the 'model of type llada' notice is noise; everything we check
-    ourselves (missing / mismatched tensors) is raised as an error instead.
-    """
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _load_remote(directory, raw, fam, torch_dtype, dev, trust_remote_code, source) -> DiffusionLM:
     """Other masked-diffusion checkpoints: AutoModel with remote code, family given."""
     if not trust_remote_code:
@@ -269,32 +245,3 @@ def _load_remote(directory, raw, fam, torch_dtype, dev, trust_remote_code, sourc
     backbone.to(dev).eval()
     return DiffusionLM(backbone, fam, ids, tokenizer=tokenizer, checkpoint_format=None,
                        source=str(directory))
-
-
-def save_native_checkpoint(model: DiffusionLM, directory, max_shard_size="5GB",
-                           save_tokenizer: bool = True) -> Path:
-    """Write ``model`` in its family's published layout (config, shards, tokenizer)."""
-    fmt = model.checkpoint_format
-    if fmt is None:
-        raise ValueError("save_pretrained needs a natively loaded family (llada, dream)")
-    if model.peft_model is not None:
-        raise ValueError("merge or detach the LoRA adapter before saving the base checkpoint "
-                         "(tabom.models.lora.merge_adapter), or save the adapter alone")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    cfg = model.backbone.config
-    raw = fmt.to_raw_config(cfg)
-    raw["mask_token_id"] = model.special_ids.mask
-    raw["eos_token_id"] = model.special_ids.eos
-    raw["pad_token_id"] = model.special_ids.pad
-    raw["torch_dtype"] = str(model.dtype).replace("torch.", "")
-    state = {}
-    for name, tensor in model.backbone.state_dict().items():
-        if cfg.tie_word_embeddings and name == "lm_head.weight":
-            continue
-        state[fmt.published_name(name)] = tensor
-    save_sharded(state, directory, max_shard_size=max_shard_size)
-    (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-    if save_tokenizer and model.tokenizer is not None:
-        model.tokenizer.save_pretrained(str(directory))
-    return directory

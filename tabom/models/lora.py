@@ -14,8 +14,8 @@ from typing import Sequence
 
 from torch import nn
 
+from ..utils import quiet_transformers
 from .diffusion_lm import DiffusionLM
-from .loading import _quiet_transformers
 
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 
@@ -50,7 +50,7 @@ def add_lora(model: DiffusionLM, r: int = 16, alpha: int = 32, dropout: float = 
         )
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                         target_modules=list(target_modules), bias="none")
-    with _quiet_transformers():
+    with quiet_transformers():
         model.peft_model = get_peft_model(model.backbone, config)
     got = len(_adapted_modules(model.backbone))
     if got != want:
@@ -82,7 +82,7 @@ def load_adapter(model: DiffusionLM, adapter_path: str | Path, merge: bool = Fal
     if model.peft_model is not None:
         raise ValueError("the model already carries a LoRA adapter")
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model.peft_model = PeftModel.from_pretrained(model.backbone, str(adapter_path),
                                                          is_trainable=is_trainable)
     except RuntimeError as err:  # shape mismatches: adapter from another base
@@ -118,7 +118,7 @@ def unload_adapter(model: DiffusionLM) -> DiffusionLM:
 def save_adapter(model: DiffusionLM, directory: str | Path) -> Path:
     if model.peft_model is None:
         raise ValueError("the model carries no adapter to save")
-    with _quiet_transformers():
+    with quiet_transformers():
         model.peft_model.save_pretrained(str(directory))
     return Path(directory)
 
