@@ -138,11 +138,18 @@ def llada_hf_config(raw: dict, source: str = "config.json"):
         attention_bias=False,
         mlp_bias=False,
         hidden_act="silu",
-        eos_token_id=raw.get("eos_token_id"),
-        pad_token_id=raw.get("pad_token_id"),
-        bos_token_id=raw.get("bos_token_id"),
-        use_cache=False,
+        **_token_ids(raw),
     )
+    return _bidirectional(cfg, raw)
+
+
+def _token_ids(raw: dict) -> dict:
+    """The special token ids a native config carries, and no KV cache by default."""
+    return {k: raw.get(k) for k in ("eos_token_id", "pad_token_id", "bos_token_id")} | {"use_cache": False}
+
+
+def _bidirectional(cfg, raw: dict):
+    """transformers' causal class made a diffusion LM: full attention, the mask id."""
     cfg.is_causal = False
     cfg.mask_token_id = raw.get("mask_token_id")
     return cfg
@@ -200,14 +207,9 @@ def dream_hf_config(raw: dict, source: str = "config.json"):
         attention_dropout=float(raw.get("attention_dropout", 0.0)),
         hidden_act="silu",
         use_sliding_window=False,
-        eos_token_id=raw.get("eos_token_id"),
-        pad_token_id=raw.get("pad_token_id"),
-        bos_token_id=raw.get("bos_token_id"),
-        use_cache=False,
+        **_token_ids(raw),
     )
-    cfg.is_causal = False
-    cfg.mask_token_id = raw.get("mask_token_id")
-    return cfg
+    return _bidirectional(cfg, raw)
 
 
 def dream_raw_config(cfg) -> dict:

@@ -118,24 +118,18 @@ def tiny_backbone_config(family: str, vocab_size: int, hidden_size: int = 32, nu
                          tie_word_embeddings: bool = False):
     fam = get_family(family)
     kv = num_kv_heads or num_heads
+    shape = dict(hidden_size=hidden_size, intermediate_size=intermediate_size,
+                 num_attention_heads=num_heads, num_key_value_heads=kv, num_hidden_layers=num_layers,
+                 vocab_size=vocab_size, max_position_embeddings=max_positions,
+                 tie_word_embeddings=tie_word_embeddings, use_cache=False)
     if fam.name == "llada":
         from transformers import LlamaConfig
 
-        cfg = LlamaConfig(hidden_size=hidden_size, intermediate_size=intermediate_size,
-                          num_attention_heads=num_heads, num_key_value_heads=kv,
-                          num_hidden_layers=num_layers, vocab_size=vocab_size,
-                          rms_norm_eps=1e-5, rope_theta=500000.0,
-                          max_position_embeddings=max_positions,
-                          tie_word_embeddings=tie_word_embeddings, use_cache=False)
+        cfg = LlamaConfig(rms_norm_eps=1e-5, rope_theta=500000.0, **shape)
     else:
         from transformers import Qwen2Config
 
-        cfg = Qwen2Config(hidden_size=hidden_size, intermediate_size=intermediate_size,
-                          num_attention_heads=num_heads, num_key_value_heads=kv,
-                          num_hidden_layers=num_layers, vocab_size=vocab_size,
-                          rms_norm_eps=1e-6, rope_theta=1000000.0,
-                          max_position_embeddings=max_positions,
-                          tie_word_embeddings=tie_word_embeddings, use_cache=False)
+        cfg = Qwen2Config(rms_norm_eps=1e-6, rope_theta=1000000.0, **shape)
     cfg.is_causal = False
     return cfg
 
