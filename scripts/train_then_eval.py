@@ -14,6 +14,9 @@ point and rerunning finishes the work without redoing finished stages):
   eval         No-SFT evaluation of the base (lm-eval, model tabom_dlm)
   distill      self-distilled trajectories of every domain's training queries,
                plus held-out trajectories for TDS (tabom.distill)
+  select       hyperparameter choice on the validation split (``select:``):
+               one run per candidate value (first seed), evaluated on the
+               validation task; the best value trains the main table's rows
   train        every method x domain, the ablation / grid / window runs
                (tabom.train, LoRA)
   eval_trained every trained adapter on in-domain and OOD tasks, and the
@@ -45,7 +48,7 @@ from tabom.utils import atomic_write_json as atomic_json, atomic_write_text, is_
 REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_CONFIG = REPO / "configs" / "pipeline" / "mini.yaml"
-STAGES = ("base", "eval", "distill", "train", "eval_trained", "tds", "leaderboards")
+STAGES = ("base", "eval", "distill", "select", "train", "eval_trained", "tds", "leaderboards")
 LABELS = _methods.labels()  # method name -> table label, from the registry (tabom/methods)
 
 
@@ -150,22 +153,41 @@ def plan(cfg: dict, run: Path) -> dict:
         return evals[-1]
 
     add_eval("no_sft", "No-SFT", None, "main", None, all_tasks)
+    sel = _select_spec(cfg)
+    chosen = _read_selection(cfg, run) if sel else None
+    if sel:  # the candidates, first seed, on the validation task
+        for v in sel["values"]:
+            tid = add_train(f"sel_{sel['param']}{v:g}_{sel['domain']}{sfx(first)}", sel["method"],
+                            sel["domain"], {sel["param"]: v}, first)
+            add_eval(f"sel_{sel['param']}{v:g}_{sel['domain']}", LABELS[sel["method"]], sel["domain"],
+                     "select", tid, [sel["task"]], params={sel["param"]: v}, seed=first)
+    def chosen_over(m, d, over=None):
+        """The selected value for the selected method and domain (None: still to choose)."""
+        if sel and (m, d) == (sel["method"], sel["domain"]):
+            return None if chosen is None else {sel["param"]: chosen, **(over or {})}
+        return over or {}
+
     for d in domains:
         for m in methods:
+            over = chosen_over(m, d)
+            if over is None:  # planned once the select stage has chosen
+                continue
             for sd in seeds:
-                tid = add_train(f"{m}_{d}{sfx(sd)}", m, d, seed=sd)
-                add_eval(tid, LABELS[m], d, "main", tid, all_tasks, seed=sd)
+                tid = add_train(f"{m}_{d}{sfx(sd)}", m, d, over, seed=sd)
+                add_eval(f"{m}_{d}{sfx(sd)}", LABELS[m], d, "main", tid, all_tasks, seed=sd)
     dom_tasks = [t for d in domains for t in cfg["domains"][d]["tasks"]]
     par = cfg.get("parallel") or {}
     if par:
         k = int(par.get("tokens_per_step", 2))
-        dec = {"tokens_per_step": k}
+        dec = {"tokens_per_step": k, **(par.get("decoder") or {})}  # e.g. threshold: none
         add_eval(f"no_sft_k{k}", "No-SFT", None, "parallel", None, dom_tasks, dec, dict(dec))
         for d in par.get("domains", domains):
             for m in par.get("methods", methods):
-                tid = add_train(f"{m}_{d}{sfx(first)}", m, d, seed=first)
+                if chosen_over(m, d) is None:
+                    continue
+                tid = add_train(f"{m}_{d}{sfx(first)}", m, d, chosen_over(m, d), seed=first)
                 add_eval(f"{m}_{d}_k{k}", LABELS[m], d, "parallel", tid, dom_tasks, dec, dict(dec), first)
-    main_tabom = _train_defaults(cfg, "tabom", domains[0])
+    main_tabom = {**_train_defaults(cfg, "tabom", domains[0]), **(chosen_over("tabom", domains[0]) or {})}
     lam0 = float(main_tabom.get("lam", 1.0))
     abl = cfg.get("ablation") or {}
     if abl:
@@ -220,7 +242,44 @@ def plan(cfg: dict, run: Path) -> dict:
         else:
             e["results"] = run / "eval" / e["id"] / "results.json"
             done.append((key, e["tasks"], e["results"]))
-    return {"trains": trains, "evals": evals, "all_tasks": all_tasks, "seeds": seeds}
+    return {"trains": trains, "evals": evals, "all_tasks": all_tasks, "seeds": seeds,
+            "pending_select": bool(sel) and chosen is None}
+
+
+def _select_spec(cfg: dict) -> dict | None:
+    """``select:``, checked: one method's hyperparameter chosen among ``values``
+    by its score on a validation task (never a test task)."""
+    sel = cfg.get("select")
+    if not sel:
+        return None
+    where = "select"
+    for key in ("method", "param", "values", "task"):
+        if key not in sel:
+            raise SystemExit(f"[{where}] missing key {key!r}: select needs method, param, values, task")
+    if sel["method"] not in LABELS:
+        raise SystemExit(f"[{where}] method={sel['method']!r} unknown; choose from {list(LABELS)}")
+    vals = sel["values"]
+    if not isinstance(vals, list) or len(vals) < 2 or not all(isinstance(v, (int, float)) for v in vals):
+        raise SystemExit(f"[{where}] values={vals!r} must be a list of at least two numbers")
+    test_tasks = {t for d in cfg["domains"].values() for t in d["tasks"]} | set(cfg["eval"].get("ood_extra", []))
+    if sel["task"] in test_tasks:
+        raise SystemExit(f"[{where}] task={sel['task']!r} is a test task of this config: hyperparameters "
+                         "are chosen on a validation task (e.g. mini_math_val), never on the test split")
+    domain = sel.get("domain", next(iter(cfg["domains"])))
+    if domain not in cfg["domains"]:
+        raise SystemExit(f"[{where}] domain={domain!r} is not one of {list(cfg['domains'])}")
+    return {"method": sel["method"], "param": str(sel["param"]), "values": [float(v) for v in vals],
+            "task": str(sel["task"]), "domain": domain}
+
+
+def _read_selection(cfg: dict, run: Path):
+    """The value the select stage chose, when ``select.json`` matches the spec."""
+    f = run / "select.json"
+    if not f.is_file():
+        return None
+    data = json.loads(f.read_text())
+    spec = _select_spec(cfg)
+    return data["chosen"] if {k: data.get(k) for k in spec} == spec else None
 
 
 def _train_config_file(cfg: dict) -> Path:
@@ -482,11 +541,13 @@ def _check_adapter(folder: Path) -> None:
     state.check_safetensors(folder / "adapter" / "adapter_model.safetensors")
 
 
-def stage_train(cfg, base, run, pl, force, only_ids=None) -> None:
+def stage_train(cfg, base, run, pl, force, only_ids=None, stage="train") -> None:
     import dataclasses
 
     from tabom.train import TrainConfig, train
 
+    if only_ids is None:
+        _need_selection(pl, stage)
     for t in pl["trains"]:
         if only_ids and t["id"] not in only_ids:
             continue
@@ -502,9 +563,9 @@ def stage_train(cfg, base, run, pl, force, only_ids=None) -> None:
                     if k not in ("model", "trajectories", "output_dir")}
         inputs = {"stage": "train", **_common_inputs(cfg, run), "config": resolved,
                   "trajectories": state.stamp_key(run / "distill")}
-        if _reuse("train", t["id"], out, inputs, lambda f: (f / "train_summary.json").is_file(),
+        if _reuse(stage, t["id"], out, inputs, lambda f: (f / "train_summary.json").is_file(),
                   _check_adapter, force):
-            say("train", f"skipped: {t['id']} complete")
+            say(stage, f"skipped: {t['id']} complete")
             continue
         t0 = time.perf_counter()
         summary = train(tcfg, progress=True)
@@ -519,14 +580,50 @@ def stage_train(cfg, base, run, pl, force, only_ids=None) -> None:
 
         extra = (f", pair acc {avg('pair_acc', log[:k]):.3f} -> {avg('pair_acc', log[-k:]):.3f}"
                  if "pair_acc" in log[-1] else "")
-        say("train", f"{t['id']}: {summary['steps']} steps, loss {avg('loss', log[:k]):.3f} -> "
+        say(stage, f"{t['id']}: {summary['steps']} steps, loss {avg('loss', log[:k]):.3f} -> "
                      f"{avg('loss', log[-k:]):.3f}{extra} ({time.perf_counter() - t0:.0f} s)")
 
 
+def stage_select(cfg, base, run, pl, force) -> None:
+    """Train every candidate (first seed), score it on the validation task,
+    keep the best: ``select.json`` (the highest validation score; a tie goes
+    to the config's own value, then to the first value listed)."""
+    sel = _select_spec(cfg)
+    if not sel:
+        say("select", "skipped: no select section in the config")
+        return
+    cands = [e for e in pl["evals"] if e["kind"] == "select"]
+    stage_train(cfg, base, run, pl, "train" in force, only_ids={e["adapter"] for e in cands}, stage="select")
+    scores = {}
+    for e in cands:
+        run_eval(cfg, base, e, run, "select" in force, "select")
+        res = _read(e["results"])
+        scores[e["params"][sel["param"]]] = res["results"][sel["task"]]["score,none"]
+        n = res["n-samples"][sel["task"]]["effective"]
+    own = float(_train_defaults(cfg, sel["method"], sel["domain"]).get(sel["param"]))
+    best = max(scores.values())
+    ties = [v for v in sel["values"] if scores[v] == best]
+    chosen = own if own in ties else ties[0]
+    atomic_json(run / "select.json", {**sel, "scores": {f"{v:g}": scores[v] for v in sel["values"]},
+                                      "n": n, "config_value": own, "chosen": chosen,
+                                      "rule": "highest validation score; ties: the config's value, "
+                                              "then the first listed"})
+    say("select", f"{LABELS[sel['method']]} {sel['param']} on {sel['task']} (n={n}): "
+                  + ", ".join(f"{v:g} -> {100 * scores[v]:.1f}" for v in sel["values"])
+                  + f"; chosen {chosen:g} (config: {own:g})")
+
+
+def _need_selection(pl: dict, stage: str) -> None:
+    if pl.get("pending_select"):
+        raise SystemExit(f"[{stage}] the select stage has not chosen yet (no matching select.json): "
+                         "run it first (python scripts/train_then_eval.py --config ... --only select)")
+
+
 def stage_eval_trained(cfg, base, run, pl, force) -> None:
+    _need_selection(pl, "eval_trained")
     done = set()
     for e in pl["evals"]:
-        if e["id"] == "no_sft" or e["results"] in done:
+        if e["id"] == "no_sft" or e["kind"] == "select" or e["results"] in done:
             continue
         done.add(e["results"])
         if not run_eval(cfg, base, e, run, force, "eval_trained"):
@@ -642,6 +739,7 @@ def _without_stamp(data: dict) -> dict:
 def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
     from tabom_eval.leaderboard import build_leaderboard
 
+    _need_selection(pl, "leaderboards")
     if not is_main_process():
         return []
 
@@ -653,6 +751,8 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
         if (snap / old).is_dir():
             shutil.rmtree(snap / old)
     for e in pl["evals"]:
+        if e["kind"] == "select":  # validation scores: the manifest's 'selection'
+            continue
         name = e["results"].parent.name
         rel, srel = f"results/{name}.json", f"samples/{name}.json"
         if rel not in copied:
@@ -695,6 +795,10 @@ def stage_leaderboards(cfg, base, run, pl, force) -> list[Path]:
         manifest["task_labels"] = cfg["task_labels"]
     if cfg.get("reference"):
         manifest["reference"] = cfg["reference"]
+    if cfg["eval"].get("model_args"):
+        manifest["eval_model_args"] = str(cfg["eval"]["model_args"])
+    if (run / "select.json").is_file():
+        manifest["selection"] = _read(run / "select.json")
     ce = run / "tds" / "ce_mask_ratio.json"
     if ce.exists():
         atomic_json(snap / "tds" / "ce_mask_ratio.json", _without_stamp(_read(ce)))
@@ -734,6 +838,11 @@ def _training_line(cfg: dict) -> dict:
     return {k: d[k] for k in keys if d.get(k) is not None}
 
 
+def _select_spec_from_plan(pl: dict) -> str:
+    e = next(e for e in pl["evals"] if e["kind"] == "select")
+    return f"{e['method']} ({e['domain']}, every seed)"
+
+
 def print_plan(pl: dict, run: Path) -> None:
     seeds = [s for s in pl["seeds"] if s is not None]
     print(f"run folder {run}; seeds: {seeds or 'the configs own'}")
@@ -741,6 +850,9 @@ def print_plan(pl: dict, run: Path) -> None:
     for t in pl["trains"]:
         extra = ", ".join(f"{k}={v}" for k, v in t["overrides"].items())
         print(f"  {t['id']:<28} {t['method']:<7} {t['domain']:<6} {extra}")
+    if pl.get("pending_select"):
+        sel = _select_spec_from_plan(pl)
+        print(f"  (+ the main rows of {sel}, trained with the value the select stage chooses)")
     lm_runs = {str(e["results"]) for e in pl["evals"]}
     print(f"{len(pl['evals'])} table entries from {len(lm_runs)} lm-eval runs:")
     for e in pl["evals"]:
@@ -811,6 +923,9 @@ def main(argv=None) -> int:
         timed("eval", stage_eval, cfg, base, run, pl, "eval" in args.force)
     if want("distill"):
         timed("distill", stage_distill, cfg, base, run, "distill" in args.force)
+    if want("select"):
+        timed("select", stage_select, cfg, base, run, pl, args.force)
+        pl = plan(cfg, run)  # the main rows of the selected method, now that it is chosen
     if want("train"):
         timed("train", stage_train, cfg, base, run, pl, "train" in args.force)
     if want("eval_trained"):

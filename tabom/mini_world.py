@@ -29,7 +29,11 @@ on answers it can complete, not on truncation.
 
 Splits are disjoint by construction: every problem's split is decided by a
 hash of its prompt text (``test`` about 1/6, ``train`` (queries) about 1/3,
-``pretrain`` the rest), and generation deduplicates prompts.
+``pretrain`` the rest), and generation deduplicates prompts. ``validation``
+(for choosing hyperparameters, never the test split) is the ``train``
+generator's sequence from position :data:`VALIDATION_START` on; training
+queries are the sequence's start, so a request for more than
+``VALIDATION_START`` training problems is refused.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ ITEMS = ("apples", "pens", "coins", "books", "cards", "shells", "stamps", "eggs"
 FUNC_NAMES = ("calc", "solve", "compute", "f", "g", "func", "get", "make", "do", "run")
 
 SPLITS = ("pretrain", "train", "test")
+RECORD_SPLITS = (*SPLITS, "validation")
+VALIDATION_START = 10_000  # train-split positions >= this are the validation split
 
 
 def split_of(prompt: str) -> str:
@@ -216,14 +222,27 @@ def _generate(make, key, split: str, n: int, seed: int):
     return out
 
 
+def _problems(generate, split: str, n: int, seed: int) -> list:
+    """``n`` problems of ``split``, ``validation`` included (see the module docstring)."""
+    if split not in RECORD_SPLITS:
+        raise ValueError(f"split={split!r} must be one of {RECORD_SPLITS}")
+    if split == "validation":
+        return generate("train", VALIDATION_START + n, seed)[VALIDATION_START:]
+    if split == "train" and n > VALIDATION_START:
+        raise ValueError(f"{n} train-split problems asked for: at most {VALIDATION_START:,} (the "
+                         f"train generator's positions from {VALIDATION_START:,} on are the validation split)")
+    return generate(split, n, seed)
+
+
 def math_records(split: str, n: int, seed: int = 0) -> list[dict]:
     """mini_math as GSM8K-shaped records: question, answer (``... #### N``)."""
     return [{"question": p.question, "answer": p.answer, "pretrain_answer": p.pretrain_answer,
-             "final": p.final, "steps": p.steps} for p in generate_math(split, n, seed)]
+             "final": p.final, "steps": p.steps} for p in _problems(generate_math, split, n, seed)]
 
 
 def code_records(split: str, n: int, seed: int = 0) -> list[dict]:
     """mini_code as MBPP-shaped records: text, code, test_list, entry_point."""
     return [{"task_id": i, "text": p.text, "prompt": p.prompt, "entry_point": p.entry_point,
              "code": p.code, "pretrain_code": p.pretrain_code, "test_list": list(p.test_list),
-             "test_setup_code": "", "ops": p.ops} for i, p in enumerate(generate_code(split, n, seed))]
+             "test_setup_code": "", "ops": p.ops}
+            for i, p in enumerate(_problems(generate_code, split, n, seed))]

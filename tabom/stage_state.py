@@ -111,7 +111,9 @@ def check(folder: Path, inputs: dict, done: Callable[[Path], bool],
                 if validate:
                     validate(folder)
             except CorruptOutput as e:
-                return Verdict(False, True, str(e))
+                # a resumable stage keeps its finished parts (say, the shards of
+                # a query list that has grown) and resumes from them
+                return Verdict(False, not resumable, str(e))
             write_stamp(folder, inputs)
             return Verdict(True, False, "")
         if not any(folder.iterdir()):

@@ -19,6 +19,9 @@ from tabom import benchmarks, scoring
 from tabom.mini_world import code_records, math_records
 
 N_TEST = int(os.environ.get("TABOM_MINI_N_TEST", "400"))
+# mini_math_val / mini_code_val: the validation split (tabom.mini_world), for
+# choosing hyperparameters without looking at the test split.
+N_VAL = int(os.environ.get("TABOM_MINI_N_VAL", "500"))
 
 # The fields each task reads: (fields, what needs them), from the registry.
 REQUIRED = {name: (benchmarks.get(name).required, benchmarks.get(name).why)
@@ -43,6 +46,16 @@ def load_mini_math(**kwargs) -> datasets.DatasetDict:
 def load_mini_code(**kwargs) -> datasets.DatasetDict:
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(
         _checked("mini_code", code_records("test", N_TEST), "test record"))})
+
+
+def load_mini_math_val(**kwargs) -> datasets.DatasetDict:
+    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(
+        _checked("mini_math", math_records("validation", N_VAL), "validation record"))})
+
+
+def load_mini_code_val(**kwargs) -> datasets.DatasetDict:
+    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(
+        _checked("mini_code", code_records("validation", N_VAL), "validation record"))})
 
 
 def mini_math_doc_to_text(doc: dict) -> str:

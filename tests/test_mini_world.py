@@ -28,6 +28,29 @@ def test_splits_are_disjoint():
     assert all(split_of(q) == "test" for q in qs["test"])
 
 
+def test_validation_split_is_disjoint_from_training_queries_and_test():
+    """Hyperparameters are chosen on ``validation``: train-generator positions
+    from VALIDATION_START on, which no training query can reach."""
+    import pytest
+
+    from tabom.mini_world import VALIDATION_START
+    from tabom.queries import load_queries
+
+    val = math_records("validation", 300)
+    assert len({r["question"] for r in val}) == 300
+    assert all(split_of(r["question"]) == "train" for r in val)  # train-distributed, not test
+    from tabom.benchmarks import mini_math_prompt
+
+    train_q = {q["prompt"] for q in load_queries("mini_math", 5300)}  # the powered preset's queries
+    vq = {r["question"] for r in val}
+    assert not {mini_math_prompt(r) for r in val} & train_q
+    assert not vq & {r["question"] for r in math_records("test", 1000)}
+    with pytest.raises(ValueError, match="validation split"):
+        math_records("train", VALIDATION_START + 1)
+    with pytest.raises(ValueError, match="split='dev' must be one of"):
+        math_records("dev", 3)
+
+
 def test_difficulty_varies():
     steps = {p.steps for p in generate_math("test", 400)}
     ops = {p.ops for p in generate_code("test", 400)}

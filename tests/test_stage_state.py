@@ -57,6 +57,19 @@ def test_unfinished_resumes_and_unstamped_is_redone_unless_adopted(tmp_path):
     assert S.check(legacy, {"lr": 1}, _done, adopt=True).reuse
     assert S.read_stamp(legacy)["inputs"] == {"lr": 1}    # adopted: recorded now
     assert not S.check(legacy, {"lr": 2}, _done, adopt=True).reuse
+    # an unstamped distillation adopted after its query list grew: the check
+    # fails (fewer queries than asked for), but the shards are kept to resume
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    (grown / "result.json").write_text("{}")
+
+    def short(f):
+        raise S.CorruptOutput(f"{f}/summary.json: 4800 queries decoded, expected 5300")
+
+    v = S.check(grown, {"queries": "b"}, _done, short, resumable=("queries",), adopt=True)
+    assert not v.reuse and not v.discard and "expected 5300" in v.reason
+    v = S.check(grown, {"queries": "b"}, _done, short, adopt=True)
+    assert not v.reuse and v.discard  # not resumable: redone from scratch
 
 
 def test_corrupt_output_is_named_and_redone(tmp_path):
