@@ -10,7 +10,8 @@ exist, ``<name>_tds.png`` (per-step TDS, the paper's Figure 2),
 ``<name>_lambda.png`` (score and TDS vs the ranking weight λ) into ``--out``
 (default ``leaderboards/``). Every file is written atomically (temporary file in
 the same folder, then ``os.replace``). Imports neither torch nor ``tabom``;
-matplotlib (Agg canvas, no pyplot) is imported only when plotting.
+matplotlib (Agg canvas, no pyplot) is imported only when plotting. The markdown
+tables are built by :mod:`tabom_eval.tables` (table spec -> pandas frame -> markdown).
 
 Manifest format (paths relative to RUN_DIR; ``//`` comments are not JSON)::
 
@@ -128,11 +129,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from tabom.methods import labels as _method_labels
-
-from . import stats
 
 __all__ = [
     "KINDS",
@@ -215,17 +212,6 @@ def paper_column(task: str) -> str | None:
         if task.startswith(prefix):
             return col
     return None
-
-
-def _paper_table(ref: str, domain: str) -> dict | None:
-    """{"table", "in_domain", "ood", "values": {method: {column|in_avg|ood_avg: value}}}."""
-    spec = PAPER_REFERENCE[ref].get(domain)
-    if spec is None:
-        return None
-    keys = [*spec["in_domain"], "in_avg", *spec["ood"], "ood_avg"]
-    values = {m: dict(zip(keys, row)) for m, row in spec["rows"].items()}
-    return {"table": spec["table"], "in_domain": spec["in_domain"], "ood": spec["ood"],
-            "values": values}
 
 
 # ---------------------------------------------------------------------------
@@ -422,6 +408,8 @@ class Manifest:
     revision: str | None = None
     date: str | None = None
     note: str | None = None
+    eval_model_args: str | None = None  # the evaluation's tabom_dlm model_args (decoder settings)
+    selection: dict | None = None  # the pipeline's select.json: a hyperparameter chosen on validation
 
     @classmethod
     def parse(cls, manifest, source: str = "manifest.json") -> "Manifest":
@@ -530,13 +518,23 @@ class Manifest:
         ce = manifest.get("ce_curve")
         if ce is not None and not isinstance(ce, str):
             bad("'ce_curve' must be a path string")
+        if manifest.get("eval_model_args") is not None and not isinstance(manifest["eval_model_args"], str):
+            bad("'eval_model_args' must be a string (the evaluation's model_args)")
+        sel = manifest.get("selection")
+        if sel is not None:
+            need = ("method", "param", "task", "values", "scores", "chosen", "n")
+            if not isinstance(sel, dict) or any(k not in sel for k in need):
+                bad(f"'selection' must be an object with keys {list(need)} (the pipeline's select.json)")
+            if not isinstance(sel["scores"], dict) or not all(_is_num(v) for v in sel["scores"].values()):
+                bad("'selection.scores' must map each candidate value to its validation score")
         return cls(name=manifest["name"], title=manifest["title"],
                    domains={d: list(t) for d, t in domains.items()}, runs=tuple(runs),
                    ood_extra=tuple(extra), task_labels=dict(labels), reference=ref, tds=tuple(tds),
                    ce_curve=ce, model=manifest.get("model"), family=manifest.get("family"),
                    data=manifest.get("data"), decoder=manifest.get("decoder"),
                    training=manifest.get("training"), revision=manifest.get("revision"),
-                   date=manifest.get("date"), note=manifest.get("note"))
+                   date=manifest.get("date"), note=manifest.get("note"),
+                   eval_model_args=manifest.get("eval_model_args"), selection=sel)
 
 
 def validate_manifest(manifest: dict, source: str = "manifest.json") -> Manifest:
@@ -658,18 +656,18 @@ def load_tds(run_dir, manifest: dict, allow_missing: bool = False) -> list[dict]
     return out
 
 
+def _run_files(run_dir, manifest: dict, key: str, allow_missing: bool):
+    """(run id, path) of the runs naming a ``key`` file (a missing one is skipped under allow_missing)."""
+    for run in manifest["runs"]:
+        path = Path(run_dir) / run[key] if run.get(key) else None
+        if path is not None and (path.is_file() or not allow_missing):
+            yield run["id"], path
+
+
 def load_run_tds(run_dir, manifest: dict, allow_missing: bool = False) -> dict:
     """{run id: ``{"tds", "tds_stderr", "per_step", "path"}``} for the runs with a ``"tds"`` file."""
-    run_dir = Path(run_dir)
-    out = {}
-    for run in manifest["runs"]:
-        if not run.get("tds"):
-            continue
-        path = run_dir / run["tds"]
-        if not path.is_file() and allow_missing:
-            continue
-        out[run["id"]] = dict(_read_tds(path, f"TDS file of run '{run['id']}'"), path=str(path))
-    return out
+    return {rid: dict(_read_tds(path, f"TDS file of run '{rid}'"), path=str(path))
+            for rid, path in _run_files(run_dir, manifest, "tds", allow_missing)}
 
 
 def _check_samples(data, path: Path, run_id: str) -> dict:
@@ -703,19 +701,9 @@ def _check_samples(data, path: Path, run_id: str) -> dict:
 def load_samples(run_dir, manifest: dict, allow_missing: bool = False) -> dict:
     """{run id: ``{"path": str, "tasks": {task: {"doc_id", "score", "out"}}}``} (lists sorted by doc_id)
     for the runs naming a ``"samples"`` file; a bad file raises ValueError naming it."""
-    run_dir = Path(run_dir)
-    out = {}
-    for run in manifest["runs"]:
-        if not run.get("samples"):
-            continue
-        path = run_dir / run["samples"]
-        if not path.is_file():
-            if allow_missing:
-                continue
-            raise FileNotFoundError(f"{path}: samples file of run '{run['id']}' not found")
-        data = _load_json(path, f"samples file of run '{run['id']}'")
-        out[run["id"]] = {"path": str(path), "tasks": _check_samples(data, path, run["id"])}
-    return out
+    return {rid: {"path": str(path), "tasks": _check_samples(_load_json(path, f"samples file of run '{rid}'"),
+                                                             path, rid)}
+            for rid, path in _run_files(run_dir, manifest, "samples", allow_missing)}
 
 
 def load_ce(run_dir, manifest: dict, allow_missing: bool = False) -> dict | None:
@@ -738,24 +726,8 @@ def load_ce(run_dir, manifest: dict, allow_missing: bool = False) -> dict | None
 
 
 # ---------------------------------------------------------------------------
-# Formatting helpers
+# Scores and groups (the tables are tabom_eval/tables.py's)
 # ---------------------------------------------------------------------------
-
-def _pct(x: float) -> str:
-    return f"{x * 100:.2f}"
-
-
-def _signed(d: float) -> str:
-    s = f"{d:+.2f}"
-    return "+0.00" if s == "-0.00" else s
-
-
-def _delta(shown: str, base_shown: str | None) -> str:
-    """' (+1.20)': difference of two displayed 2-decimal numbers."""
-    if base_shown is None:
-        return ""
-    return f" ({_signed(float(shown) - float(base_shown))})"
-
 
 def _score(results: dict, run, task: str):
     """(mean score, stderr, sd over seeds, seeds) as fractions for a run or a group of seed runs,
@@ -782,121 +754,8 @@ def _score(results: dict, run, task: str):
     return sum(xs) / len(xs), None, statistics.stdev(xs), len(xs)
 
 
-def _cell(sc, base_shown: str | None = None, stderr: bool = True, paired=None) -> str:
-    if sc is None:
-        return DASH
-    shown = _pct(sc[0])
-    text = shown
-    if sc[3] > 1:
-        text += f" (sd {_pct(sc[2])}, {sc[3]} seeds)"
-    elif stderr and sc[1] is not None:
-        text += f" ± {_pct(sc[1])}"
-    if paired is not None:
-        return text + f" ({_paired_text(paired)}){_mark(paired)}"
-    return text + _delta(shown, base_shown)
-
-
-def _pts(x: float, nd: int = 1) -> str:
-    """Signed percentage points of a fraction with ``nd`` decimals (never -0.0)."""
-    s = f"{x * 100:+.{nd}f}"
-    return f"{0:+.{nd}f}" if float(s) == 0 else s
-
-
-def _fmt_p(p: float) -> str:
-    """'p=0.021' style: 2 significant digits, ``p<0.001`` below 0.001."""
-    if p < 0.001:
-        return "p<0.001"
-    decimals = max(2, 1 - math.floor(math.log10(p)))
-    return f"p={p:.{decimals}f}"
-
-
-def _paired_text(pd) -> str:
-    """'+4.00 [+1.3, +6.8] p=0.021': paired delta in points, 95% interval, p."""
-    return f"{_signed(pd.delta * 100)} [{_pts(pd.lo)}, {_pts(pd.hi)}] {_fmt_p(pd.p)}"
-
-
-def _mark(pd) -> str:
-    return "*" if pd.significant else ""
-
-
 def _as_group(g):
     return None if g is None else (g if isinstance(g, list) else [g])
-
-
-class _Ctx:
-    """Everything a render needs, plus a cache of the paired statistics (they are costly)."""
-
-    def __init__(self, manifest, results, samples=None, run_tds=None):
-        self.m = manifest
-        self.results = results
-        self.samples = samples or {}
-        self.run_tds = run_tds or {}
-        self.unpaired = False  # some delta vs a baseline fell back to the bare difference
-        self.paired_used = False
-        self._cache: dict = {}
-
-    def group_samples(self, group, task):
-        """(doc ids, [S, n] scores, outputs per seed, [(run id, path)]) or None when a seed lacks data."""
-        group = _as_group(group)
-        if not group:
-            return None
-        key = ("s", tuple(r["id"] for r in group), task)
-        if key in self._cache:
-            return self._cache[key]
-        recs = []
-        for r in group:
-            s = self.samples.get(r["id"])
-            rec = s["tasks"].get(task) if s else None
-            if rec is None:
-                self._cache[key] = None
-                return None
-            recs.append((r["id"], s["path"], rec))
-        first = recs[0]
-        for other in recs[1:]:
-            _same_docs(first, other, task)
-        val = (first[2]["doc_id"], np.array([rec["score"] for _, _, rec in recs], dtype=float),
-               [rec["out"] for _, _, rec in recs], [(rid, path) for rid, path, _ in recs])
-        self._cache[key] = val
-        return val
-
-    def paired(self, group, base, tasks):
-        """PairedDelta of ``group`` - ``base`` over ``tasks`` (stratified when several), or None."""
-        group, base = _as_group(group), _as_group(base)
-        if not group or not base or not tasks:
-            return None
-        key = ("p", tuple(r["id"] for r in group), tuple(r["id"] for r in base), tuple(tasks))
-        if key in self._cache:
-            return self._cache[key]
-        pairs = []
-        for t in tasks:
-            a, b = self.group_samples(group, t), self.group_samples(base, t)
-            if a is None or b is None:
-                self._cache[key] = None
-                return None
-            _same_docs((a[3][0][0], a[3][0][1], {"doc_id": a[0]}), (b[3][0][0], b[3][0][1], {"doc_id": b[0]}), t)
-            pairs.append((a[1], b[1]))
-        val = stats.paired_delta(*pairs[0]) if len(pairs) == 1 else stats.paired_delta_avg(pairs)
-        self._cache[key] = val
-        return val
-
-    def delta_cell(self, pd, base_available: bool) -> None:
-        """Record whether a delta shown against a baseline was paired or not."""
-        if pd is not None:
-            self.paired_used = True
-        elif base_available:
-            self.unpaired = True
-
-
-def _same_docs(a, b, task) -> None:
-    """Refuse a paired comparison over different problems. a, b: (run id, samples path, record)."""
-    da, db = a[2]["doc_id"], b[2]["doc_id"]
-    if da == db:
-        return
-    sa, sb = set(da), set(db)
-    raise ValueError(
-        f"{a[1]} (run '{a[0]}') and {b[1]} (run '{b[0]}'): task '{task}': the doc_id sets differ "
-        f"({len(da)} vs {len(db)} problems, {len(sa ^ sb)} doc_ids in only one of them); a paired "
-        "comparison needs per-sample data for the same problems")
 
 
 def _groups(manifest: dict, kind: str, domain=...) -> list[list[dict]]:
@@ -908,24 +767,6 @@ def _groups(manifest: dict, kind: str, domain=...) -> list[list[dict]]:
     return [sorted(g, key=lambda r: (r.get("seed") is not None, r.get("seed") or 0)) for g in out.values()]
 
 
-def _mean_shown(scores: list) -> str | None:
-    if not scores or any(s is None for s in scores):
-        return None
-    return f"{sum(s[0] * 100 for s in scores) / len(scores):.2f}"
-
-
-def _esc(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_esc(h) for h in header) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
-    for row in rows:
-        lines.append("| " + _esc(row[0]) + " | " + " | ".join(row[1:]) + " |")
-    return "\n".join(lines)
-
-
 def _compact(d: dict) -> str:
     parts = []
     for k, v in d.items():
@@ -935,293 +776,6 @@ def _compact(d: dict) -> str:
 
 def _num(x) -> str:
     return f"{x:g}"
-
-
-def _label(manifest: dict, task: str) -> str:
-    return manifest.get("task_labels", {}).get(task, task)
-
-
-def _method_key(manifest: dict, order=METHOD_ORDER):
-    pos = {}
-    for i, r in enumerate(manifest["runs"]):
-        pos.setdefault(r["method"], i)
-
-    def key(method: str):
-        return (order.index(method) if method in order else len(order), pos.get(method, 0))
-    return key
-
-
-def _baseline(manifest: dict, kind: str, k=None) -> list[dict] | None:
-    """The baseline group (domain null) of a kind (parallel: of ``tokens_per_step`` k), or None."""
-    for g in _groups(manifest, kind, None):
-        if kind != "parallel" or g[0]["params"]["tokens_per_step"] == k:
-            return g
-    return None
-
-
-# ---------------------------------------------------------------------------
-# Sections
-# ---------------------------------------------------------------------------
-
-def _header(manifest: dict, ctx: "_Ctx | None" = None) -> str:
-    lines = [f"# {manifest['title']}", ""]
-    if manifest.get("note"):
-        lines += [f"> {manifest['note']}", ""]
-    if manifest.get("model"):
-        fam = f" ({manifest['family']})" if manifest.get("family") else ""
-        lines.append(f"- Model: `{manifest['model']}`{fam}")
-    elif manifest.get("family"):
-        lines.append(f"- Model family: {manifest['family']}")
-    if manifest.get("data"):
-        lines.append(f"- Data: {manifest['data']}")
-    if manifest.get("decoder"):
-        lines.append(f"- Decoder: `{_compact(manifest['decoder'])}`")
-    if manifest.get("training"):
-        lines.append(f"- Training: `{_compact(manifest['training'])}`")
-    lines.append(f"- Date: {manifest.get('date') or _dt.date.today().isoformat()}")
-    lines.append(f"- Code revision: `{manifest.get('revision') or 'unknown'}`")
-    lines.append(f"- {GENERATED_LINE}")
-    ctx = ctx or _Ctx(manifest, {})
-    seeds = any(len(g) > 1 for kind in KINDS for g in _groups(manifest, kind))
-    text = "Scores: the lm-eval `score` metric in percent, ± its standard error"
-    if seeds:
-        text += ("; a row trained with several seeds shows `mean (sd x.xx, S seeds)`: the mean over the "
-                 "seeds and the standard deviation across seeds")
-    text += "."
-    if ctx.paired_used:
-        text += (" (+x.xx [lo, hi] p=...): paired change vs No-SFT, computed from per-problem scores "
-                 "matched by doc_id, with its 95% bootstrap interval and p-value; `*`: the interval "
-                 "excludes 0.")
-        if ctx.unpaired:
-            text += (" (+x.xx) alone (unpaired: no per-sample data): the difference of the rounded "
-                     "numbers shown.")
-    else:
-        text += (" (+x.xx): change vs No-SFT, the difference of the rounded numbers shown "
-                 "(unpaired: no per-sample data).")
-    text += " Averages: plain mean of the task scores"
-    text += "; their paired delta is the mean of the per-task deltas." if ctx.paired_used else "."
-    lines += ["", text, "", *_stats_lines(ctx)]
-    return "\n".join(lines)
-
-
-def _score_row(ctx, group, in_tasks, ood_tasks, base_row, base_group=None, stderr=True):
-    """One table row: cells + the displayed values (for deltas of later rows).
-
-    ``base_row``: the baseline's displayed values (bare deltas); ``base_group``: the baseline
-    runs, for paired deltas when both sides have per-sample data."""
-    cells, shown = [], {}
-    groups = [(in_tasks, "in_avg"), (ood_tasks, "ood_avg")] if ood_tasks else [(in_tasks, "in_avg")]
-    for tasks, avg_key in groups:
-        scs = []
-        for t in tasks:
-            sc = _score(ctx.results, group, t)
-            scs.append(sc)
-            shown[t] = _pct(sc[0]) if sc else None
-            b = base_row.get(t) if base_row else None
-            pd = ctx.paired(group, base_group, [t]) if (base_group and sc and b is not None) else None
-            if sc and b is not None:
-                ctx.delta_cell(pd, True)
-            cells.append(_cell(sc, b, stderr, pd))
-        avg = _mean_shown(scs)
-        shown[avg_key] = avg
-        if avg is None:
-            cells.append(DASH)
-            continue
-        b = base_row.get(avg_key) if base_row else None
-        pd = ctx.paired(group, base_group, tasks) if (base_group and b is not None) else None
-        if pd is not None:
-            cells.append(avg + f" ({_paired_text(pd)}){_mark(pd)}")
-        else:
-            cells.append(avg + (_delta(avg, b) if b is not None else ""))
-    return cells, shown
-
-
-def _group_header(manifest, in_tasks, ood_tasks, first="Method"):
-    header = [first] + [_label(manifest, t) for t in in_tasks] + ["In-domain avg"]
-    if ood_tasks:
-        header += [_label(manifest, t) for t in ood_tasks] + ["OOD avg"]
-    return header
-
-
-def _main_tables(ctx) -> list[str]:
-    manifest = ctx.m
-    out = []
-    base = _baseline(manifest, "main")
-    key = _method_key(manifest)
-    for dom in manifest["domains"]:
-        in_tasks, ood_tasks = _columns(manifest, dom)
-        rows = []
-        base_shown = None
-        if base is not None:
-            cells, base_shown = _score_row(ctx, base, in_tasks, ood_tasks, None)
-            rows.append([base[0]["method"], *cells])
-        for g in sorted(_groups(manifest, "main", dom), key=lambda g: key(g[0]["method"])):
-            cells, _ = _score_row(ctx, g, in_tasks, ood_tasks, base_shown, base)
-            rows.append([g[0]["method"], *cells])
-        section = [f"## Trained on {dom}", "", _table(_group_header(manifest, in_tasks, ood_tasks), rows)]
-        vs = _vs_baselines(ctx, dom, in_tasks, ood_tasks)
-        if vs:
-            section += ["", vs]
-        ref = manifest.get("reference")
-        if ref:
-            section += ["", _paper_main(manifest, ref, dom, in_tasks, ood_tasks)]
-        out.append("\n".join(section))
-    return out
-
-
-def _n_problems(ctx: "_Ctx", base, task: str):
-    bs = ctx.group_samples(base, task)
-    if bs is not None:
-        return len(bs[0])
-    for r in base or []:
-        res = ctx.results.get(r["id"])
-        n = ((res or {}).get("n-samples") or {}).get(task, {}) if isinstance(res, dict) else {}
-        n = n.get("effective") if isinstance(n, dict) else None
-        if isinstance(n, int) and n > 0:
-            return n
-    return None
-
-
-def _median(xs):
-    return statistics.median(xs) if xs else None
-
-
-def _stats_lines(ctx: "_Ctx") -> list[str]:
-    """The header's statistics block: n, seeds, pooling, MDE and the measured SE of a paired difference."""
-    m = ctx.m
-    base = _baseline(m, "main")
-    tasks = _all_tasks(m) + list(m.get("ood_extra", []))
-    out = ["Statistics:", ""]
-    ns = {t: _n_problems(ctx, base, t) for t in tasks}
-    known = [f"{_label(m, t)} {ns[t]}" for t in tasks if ns[t]]
-    out.append("- Problems per task (n): " + (", ".join(known) if known else "unknown") + ".")
-    multi = []
-    for kind in KINDS:
-        for g in _groups(m, kind):
-            if len(g) > 1:
-                multi.append(f"{_group_name(g)}: {len(g)} seeds ({', '.join(str(r['seed']) for r in g)})")
-    out.append("- Seeds: " + ("one run per row, except " + "; ".join(multi) if multi else "one run per row") + ".")
-    out.append("- Pooling: a problem's score is its mean over seeds; the bootstrap resamples problems; "
-               "p: exact McNemar for single runs, sign-flip test on per-problem mean differences "
-               "otherwise; 10,000 resamples, seed 0. Task averages: mean of the per-task deltas, "
-               "problems resampled within each task, stratified sign-flip test.")
-    sds: dict = {t: [] for t in tasks}
-    for dom in m["domains"]:
-        for g in _groups(m, "main", dom):
-            for t in tasks:
-                pd = ctx.paired(g, base, [t])
-                if pd is not None and math.isfinite(pd.sd_d):
-                    sds[t].append(pd.sd_d)
-    cells, kinds = [], set()
-    for t in tasks:
-        if not ns[t]:
-            continue
-        if sds[t]:
-            cells.append(f"{_label(m, t)} {stats.mde(_median(sds[t]), ns[t]) * 100:.2f}")
-            kinds.add("paired")
-            continue
-        sc = _score(ctx.results, base, t)
-        if sc is not None:
-            cells.append(f"{_label(m, t)} {stats.mde_unpaired(sc[0], ns[t]) * 100:.2f}")
-            kinds.add("unpaired")
-    if cells:
-        how = []
-        if "paired" in kinds:
-            how.append("paired: from the sd of the per-problem differences vs No-SFT in the main "
-                       "tables, median over methods")
-        if "unpaired" in kinds:
-            how.append("unpaired formula sqrt(2p(1-p)/n) at No-SFT's rate where no per-sample data exist")
-        out.append("- Minimum detectable effect (80% power, two-sided 5%), points: " + ", ".join(cells)
-                   + f" ({'; '.join(how)}).")
-    se_parts = []
-    for dom, in_tasks in m["domains"].items():
-        per = []
-        for cols in [[t] for t in in_tasks] + ([in_tasks] if len(in_tasks) > 1 else []):
-            ses = [pd.se for g in _groups(m, "main", dom)
-                   if (pd := ctx.paired(g, base, cols)) is not None and math.isfinite(pd.se)]
-            if ses:
-                name = _label(m, cols[0]) if len(cols) == 1 else "in-domain avg"
-                per.append(f"{name} {_median(ses) * 100:.2f}")
-        if per:
-            n_methods = sum(1 for g in _groups(m, "main", dom) if ctx.paired(g, base, in_tasks) is not None)
-            se_parts.append(f"trained on {dom}: {', '.join(per)} ({n_methods} method"
-                            f"{'s' if n_methods != 1 else ''})")
-    out.append("- Measured SE of a paired in-domain difference vs No-SFT (median over methods), points: "
-               + ("; ".join(se_parts) if se_parts else "not measured (no per-sample data)") + ".")
-    return out
-
-
-def _group_name(g: list[dict]) -> str:
-    r = g[0]
-    params = r.get("params") or {}
-    where = f", trained on {r['domain']}" if r["domain"] else ""
-    extra = f", {_compact(params)}" if params else ""
-    return f"{r['method']} {r['kind']} run{where}{extra}"
-
-
-def _vs_baselines(ctx, dom, in_tasks, ood_tasks) -> str | None:
-    """'TABOM vs each baseline (paired)': TABOM - method on the same problems, per task and average."""
-    m = ctx.m
-    groups = _groups(m, "main", dom)
-    tabom = [g for g in groups if g[0]["method"] == "TABOM"]
-    if not tabom:
-        return None
-    key = _method_key(m)
-    rows, skipped = [], []
-    parts = [(in_tasks, True)] + ([(ood_tasks, True)] if ood_tasks else [])
-    for g in sorted(groups, key=lambda g: key(g[0]["method"])):
-        if g is tabom[0] or g[0]["method"] in ("TABOM", "No-SFT"):
-            continue
-        cells = []
-        for tasks, _ in parts:
-            for cols in [[t] for t in tasks] + [tasks]:
-                pd = ctx.paired(tabom[0], g, cols)
-                cells.append("n/a" if pd is None else f"{_paired_text(pd)}, SE {pd.se * 100:.2f}{_mark(pd)}")
-        if all(c == "n/a" for c in cells):
-            skipped.append(g[0]["method"])
-            continue
-        rows.append([g[0]["method"], *cells])
-    if not rows:
-        return None
-    caption = ("Δ = TABOM minus the method, percentage points, from per-problem scores matched by doc_id; "
-               "[95% paired-bootstrap interval]; p; SE: standard error of the paired difference; `*`: the "
-               "interval excludes 0; averages: mean of the per-task deltas (stratified).")
-    if skipped:
-        caption += f" Not shown (no per-sample data): {', '.join(skipped)}."
-    return "\n".join(["### TABOM vs each baseline (paired)", "", caption, "",
-                      _table(_group_header(m, in_tasks, ood_tasks, first="TABOM vs"), rows)])
-
-
-def _changed_section(ctx) -> str | None:
-    """'Outputs changed vs No-SFT': share of responses whose output hash differs from the baseline's."""
-    m = ctx.m
-    base = _baseline(m, "main")
-    if base is None:
-        return None
-    tasks = _all_tasks(m) + list(m.get("ood_extra", []))
-    key = _method_key(m)
-    rows = []
-    for dom in m["domains"]:
-        for g in sorted(_groups(m, "main", dom), key=lambda g: key(g[0]["method"])):
-            cells = []
-            for t in tasks:
-                a, b = ctx.group_samples(g, t), ctx.group_samples(base, t)
-                if a is None or b is None:
-                    cells.append("n/a")
-                    continue
-                _same_docs((a[3][0][0], a[3][0][1], {"doc_id": a[0]}),
-                           (b[3][0][0], b[3][0][1], {"doc_id": b[0]}), t)
-                shares = [sum(x != y for x, y in zip(oa, ob)) / len(oa) for oa in a[2] for ob in b[2]]
-                cells.append(f"{100 * sum(shares) / len(shares):.1f}%")
-            if any(c != "n/a" for c in cells):
-                rows.append([f"{g[0]['method']} (trained on {dom})", *cells])
-    if not rows:
-        return None
-    return "\n".join([
-        "## Outputs changed vs No-SFT", "",
-        "Share of test problems whose response (its hash) differs from No-SFT's, percent; mean over "
-        "seeds. 0.0% means training left every decoded output unchanged.", "",
-        _table(["Adapter"] + [_label(m, t) for t in tasks], rows)])
 
 
 def _group_tds(run_tds: dict, group) -> tuple | None:
@@ -1261,68 +815,6 @@ def _lambda_series(manifest: dict, results: dict, run_tds: dict | None) -> list[
     return out
 
 
-def _tds_trend(lams, tds, ses) -> str:
-    pts = [(lam, t, se) for lam, t, se in zip(lams, tds, ses) if t is not None]
-    if len(pts) < 2:
-        return "TDS is available for fewer than two λ values, so no trend is reported."
-    means = [t for _, t, _ in pts]
-    rising = all(b > a for a, b in zip(means, means[1:]))
-    (l0, t0, s0), (l1, t1, s1) = pts[0], pts[-1]
-    diff = t1 - t0
-    text = (f"TDS {'rises' if rising else 'does not rise monotonically'} with λ "
-            f"({' → '.join(f'{t:.3f}' for t in means)} for λ = {', '.join(_num(p[0]) for p in pts)}); "
-            f"the difference between λ = {_num(l1)} and λ = {_num(l0)} is {diff:+.3f}")
-    if s0 is None or s1 is None:
-        return text + " (no standard error available to compare it with)."
-    se = math.sqrt(s0 ** 2 + s1 ** 2)
-    verdict = "exceeds" if diff > 2 * se else "does not exceed"
-    return text + f", which {verdict} 2 se ({2 * se:.3f})."
-
-
-def _lambda_tables(ctx, image: str | None) -> list[str]:
-    m = ctx.m
-    out = []
-    for s in _lambda_series(m, ctx.results, ctx.run_tds):
-        dom, groups = s["domain"], s["groups"]
-        tasks = m["domains"][dom]
-        ref = groups[0]
-        rows, ref_shown = [], None
-        for g, lam in zip(groups, s["lambda"]):
-            cells, shown = _score_row(ctx, g, tasks, [], None)
-            if g is ref:
-                ref_shown = shown
-                dcell = "reference"
-            else:
-                pd = ctx.paired(g, ref, tasks)
-                if pd is not None:
-                    dcell = f"{_paired_text(pd)}{_mark(pd)}"
-                elif shown.get("in_avg") is not None and ref_shown.get("in_avg") is not None:
-                    dcell = _signed(float(shown["in_avg"]) - float(ref_shown["in_avg"])) + " (unpaired)"
-                else:
-                    dcell = DASH
-            td = _group_tds(ctx.run_tds, g)
-            if td is None:
-                tcell = "n/a"
-            else:
-                tcell = f"{td[0]:.3f}" + (f" ± {td[1]:.3f}" if td[1] is not None else "")
-                tcell += f" ({td[2]} seeds)" if td[2] > 1 else ""
-            rows.append([f"λ = {_num(lam)}", *cells, dcell, tcell])
-        lam0 = _num(s["lambda"][0])
-        header = (["λ"] + [_label(m, t) for t in tasks]
-                  + ["In-domain avg", f"Δ in-domain avg vs λ = {lam0}", "TDS"])
-        lines = [f"## Ranking weight λ (trained on {dom})", "",
-                 f"TABOM trained with different weights λ of the pairwise ranking loss. Scores: mean over "
-                 f"seeds; Δ: paired change of the in-domain average vs λ = {lam0} [95% interval] p "
-                 "(`*`: the interval excludes 0; \"unpaired\": no per-sample data); TDS of the adapter on "
-                 "its in-domain data, mean over seeds ± its standard error (one seed: the file's; several: "
-                 "sd across seeds / sqrt(seeds)).", "",
-                 _table(header, rows), "", _tds_trend(s["lambda"], s["tds"], s["tds_se"])]
-        if image:
-            lines += ["", f"![In-domain score and TDS vs λ]({image})"]
-        out.append("\n".join(lines))
-    return out
-
-
 def _merge_tds(tds: list[dict]) -> list[dict]:
     """One entry per (method, dataset): the mean over seeds (se: sd across seeds / sqrt(seeds))."""
     by: dict = {}
@@ -1352,235 +844,6 @@ def _merge_tds(tds: list[dict]) -> list[dict]:
     return out
 
 
-def _paper_avg(tasks: list[str], published_set: list[str], values: dict, avg_key: str):
-    cols = [paper_column(t) for t in tasks]
-    if any(c is None or values.get(c) is None for c in cols):
-        return None
-    if sorted(cols) == sorted(published_set) and values.get(avg_key) is not None:
-        return f"{values[avg_key]:.2f}"
-    return f"{sum(values[c] for c in cols) / len(cols):.2f}"
-
-
-def _paper_main(manifest, ref, dom, in_tasks, ood_tasks) -> str:
-    model = PAPER_REFERENCE[ref]["model"]
-    title = f"### Paper (published, {model})"
-    spec = _paper_table(ref, dom)
-    if spec is None:
-        return f"{title}\n\nThe paper has no table for models trained on '{dom}' (only math and code)."
-    if not any(paper_column(t) for t in in_tasks + ood_tasks):
-        return (f"{title}\n\nNo task of this table maps to the paper's benchmarks "
-                "(GSM8K, MATH500, HumanEval, MBPP, IFEval).")
-    rows = []
-    base_shown = None
-    key = _method_key({"runs": []})
-    for method in sorted(spec["values"], key=key):
-        vals = spec["values"][method]
-        cells, shown = [], {}
-        groups = [(in_tasks, spec["in_domain"], "in_avg")]
-        if ood_tasks:
-            groups.append((ood_tasks, spec["ood"], "ood_avg"))
-        for tasks, published, avg_key in groups:
-            for t in tasks:
-                c = paper_column(t)
-                v = vals.get(c) if c else None
-                if v is None:
-                    shown[t] = None
-                    cells.append(DASH)
-                    continue
-                shown[t] = f"{v:.2f}"
-                b = base_shown.get(t) if base_shown else None
-                cells.append(shown[t] + (_delta(shown[t], b) if b is not None else ""))
-            avg = _paper_avg(tasks, published, vals, avg_key)
-            shown[avg_key] = avg
-            b = base_shown.get(avg_key) if base_shown else None
-            cells.append(DASH if avg is None else avg + (_delta(avg, b) if b is not None else ""))
-        if method == "No-SFT":
-            base_shown = shown
-        rows.append([method, *cells])
-    caption = (f"{spec['table']} of the paper ({model} trained on {dom}); deltas recomputed from the "
-               "published scores; averages as published when the columns match the paper's.")
-    return "\n".join([title, "", caption, "", _table(_group_header(manifest, in_tasks, ood_tasks), rows)])
-
-
-def _parallel_tables(ctx) -> list[str]:
-    manifest, results = ctx.m, ctx.results
-    groups = _groups(manifest, "parallel")
-    if not groups:
-        return []
-    out = []
-    key = _method_key(manifest)
-    ks = sorted({g[0]["params"]["tokens_per_step"] for g in groups})
-    for k in ks:
-        base = _baseline(manifest, "parallel", k)
-        group = [g for g in groups if g[0]["params"]["tokens_per_step"] == k]
-        doms = [d for d in manifest["domains"] if any(g[0]["domain"] == d for g in group)]
-        for dom in doms or [None]:
-            members = [base] if base else []
-            members += sorted([g for g in group if g[0]["domain"] == dom and g is not base],
-                              key=lambda g: key(g[0]["method"]))
-            if dom is None:
-                tasks = _all_tasks(manifest)
-            else:
-                ind, ood = _columns(manifest, dom)
-                tasks = ind + [t for t in ood if t not in manifest.get("ood_extra", [])]
-            tasks += [t for t in manifest.get("ood_extra", [])
-                      if any(_score(results, g, t) for g in members)]
-            rows, base_shown = [], None
-            for g in members:
-                cells, shown = [], {}
-                for t in tasks:
-                    sc = _score(results, g, t)
-                    shown[t] = _pct(sc[0]) if sc else None
-                    b = base_shown.get(t) if (base_shown and g is not base) else None
-                    pd = ctx.paired(g, base, [t]) if (sc and b is not None) else None
-                    if sc and b is not None:
-                        ctx.delta_cell(pd, True)
-                    cells.append(_cell(sc, b, paired=pd))
-                if g is base:
-                    base_shown = shown
-                rows.append([g[0]["method"], *cells])
-            title = f"## Parallel decoding (k = {k})" + (f", trained on {dom}" if dom else "")
-            section = [title, "", f"{k} tokens unmasked per decoding step; deltas vs the No-SFT run "
-                       f"decoded the same way.", "",
-                       _table(["Method"] + [_label(manifest, t) for t in tasks], rows)]
-            ref = manifest.get("reference")
-            if ref and dom is not None:
-                section += ["", _paper_parallel(manifest, ref, dom, k, tasks)]
-            out.append("\n".join(section))
-    return out
-
-
-def _paper_parallel(manifest, ref, dom, k, tasks) -> str:
-    model = PAPER_REFERENCE[ref]["model"]
-    title = f"### Paper (published, {model})"
-    spec = PAPER_REFERENCE[ref]["parallel"].get(dom)
-    if spec is None or spec["k"] != k:
-        return f"{title}\n\nThe paper reports parallel decoding (k = 2) only for Dream-7B-Instruct trained on math."
-    if not any(paper_column(t) in spec["columns"] for t in tasks):
-        return (f"{title}\n\nNo task of this table maps to the paper's benchmarks "
-                "(GSM8K, MATH500, HumanEval, MBPP).")
-    key = _method_key({"runs": []})
-    rows, base = [], None
-    for method in sorted(spec["rows"], key=key):
-        vals = dict(zip(spec["columns"], spec["rows"][method]))
-        cells, shown = [], {}
-        for t in tasks:
-            v = vals.get(paper_column(t))
-            if v is None:
-                cells.append(DASH)
-                shown[t] = None
-                continue
-            shown[t] = f"{v:.2f}"
-            b = base.get(t) if base else None
-            cells.append(shown[t] + (_delta(shown[t], b) if b is not None else ""))
-        if method == "No-SFT":
-            base = shown
-        rows.append([method, *cells])
-    caption = (f"{spec['table']} of the paper ({model} trained on {dom}, k = {k}); deltas recomputed "
-               "from the published scores" + (f" ({spec['note']})." if spec.get("note") else "."))
-    return "\n".join([title, "", caption, "",
-                      _table(["Method"] + [_label(manifest, t) for t in tasks], rows)])
-
-
-def _ablation_label(params: dict) -> str:
-    where = "Global window" if params["window_mode"] == "global" else "Local window"
-    text = f"{where} + pairwise ranking" if params["lambda"] > 0 else f"{where}, traj. masking only"
-    if "pad_keep" in params:
-        pk = params["pad_keep"]
-        text += ", all padding" if pk is None else f", padding: first EOS + {pk}"
-    return text
-
-
-def _ablation_tables(ctx) -> list[str]:
-    manifest = ctx.m
-    out = []
-    for dom in manifest["domains"]:
-        abl = _groups(manifest, "ablation", dom)
-        if not abl:
-            continue
-        in_tasks, ood_tasks = _columns(manifest, dom)
-        members = []
-        mains = _groups(manifest, "main", dom)
-        sd = [g for g in mains if g[0]["method"] == "SFT-SD"]
-        if sd:
-            members.append(("Base (SFT-SD)", sd[0]))
-
-        def order(g):
-            p = g[0]["params"]
-            pk = p.get("pad_keep", -1)
-            return (p["window_mode"] != "global", p["lambda"] > 0, "pad_keep" in p,
-                    math.inf if pk is None else pk)
-        abl = sorted(abl, key=order)
-        members += [(_ablation_label(g[0]["params"]), g) for g in abl]
-        has_full = any(g[0]["params"]["window_mode"] == "local" and g[0]["params"]["lambda"] > 0
-                       and "pad_keep" not in g[0]["params"] for g in abl)
-        tabom = [g for g in mains if g[0]["method"] == "TABOM"]
-        if not has_full and tabom:
-            members.append(("Local window + pairwise ranking (TABOM)", tabom[0]))
-        rows = []
-        for label, g in members:
-            cells, _ = _score_row(ctx, g, in_tasks, ood_tasks, None)
-            rows.append([label, *cells])
-        out.append("\n".join([
-            f"## Component ablation (trained on {dom})", "",
-            "Global vs local timestep window; λ = 0: trajectory-aware masking (reconstruction) only, "
-            "λ > 0: plus the pairwise ranking loss.", "",
-            _table(_group_header(manifest, in_tasks, ood_tasks), rows)]))
-    return out
-
-
-def _headline(results, run, tasks):
-    return _mean_shown([_score(results, run, t) for t in tasks])
-
-
-def _grid_tables(ctx) -> list[str]:
-    manifest, results = ctx.m, ctx.results
-    out = []
-    base = _baseline(manifest, "main")
-    for dom in manifest["domains"]:
-        grid = _groups(manifest, "grid", dom)
-        if not grid:
-            continue
-        tasks = manifest["domains"][dom]
-        cells = {(g[0]["params"]["lambda"], g[0]["params"]["margin"]): g for g in grid}
-        lams = sorted({k[0] for k in cells})
-        margins = sorted({k[1] for k in cells})
-        rows = []
-        for lam in lams:
-            row = [f"λ = {_num(lam)}"]
-            for mg in margins:
-                g = cells.get((lam, mg))
-                v = _headline(results, g, tasks) if g else None
-                row.append(v if v is not None else DASH)
-            rows.append(row)
-        labels = ", ".join(_label(manifest, t) for t in tasks)
-        base_v = _headline(results, base, tasks) if base else None
-        lines = [f"## λ × margin grid (trained on {dom})", "",
-                 f"Cell: headline score = mean of the in-domain task scores ({labels}), percent.", "",
-                 _table(["λ / margin"] + [_num(mg) for mg in margins], rows)]
-        if base is not None:
-            lines += ["", f"{base[0]['method']}: {base_v if base_v is not None else DASH}."]
-        out.append("\n".join(lines))
-    return out
-
-
-def _window_tables(ctx) -> list[str]:
-    manifest = ctx.m
-    out = []
-    for dom in manifest["domains"]:
-        groups = _groups(manifest, "window", dom)
-        if not groups:
-            continue
-        tasks = manifest["domains"][dom]
-        rows = []
-        for g in sorted(groups, key=lambda g: g[0]["params"]["window"]):
-            cells, _ = _score_row(ctx, g, tasks, [], None)
-            rows.append([f"w = {g[0]['params']['window']}", *cells])
-        out.append("\n".join([f"## Window sweep (trained on {dom})", "",
-                              _table(_group_header(manifest, tasks, [], first="Window"), rows)]))
-    return out
-
-
 def _tds_methods(tds: list[dict]) -> list[str]:
     """Methods of the TDS entries: Base, SFT-SD, TABOM, then the others in manifest order."""
     pos = {}
@@ -1588,52 +851,6 @@ def _tds_methods(tds: list[dict]) -> list[str]:
         pos.setdefault(e["method"], i)
     return sorted(pos, key=lambda m: (TDS_METHOD_ORDER.index(m) if m in TDS_METHOD_ORDER
                                       else len(TDS_METHOD_ORDER), pos[m]))
-
-
-def _tds_section(manifest: dict, tds: list[dict], image: str | None) -> str | None:
-    if not tds:
-        return None
-    tds = _merge_tds(tds)
-    datasets = list(dict.fromkeys(e["dataset"] for e in tds))
-    methods = _tds_methods(tds)
-    by = {(e["method"], e["dataset"]): e for e in tds}
-    rows = []
-    for m in methods:
-        row = [m]
-        for d in datasets:
-            e = by.get((m, d))
-            if e is None or e.get("tds") is None:
-                row.append(DASH)
-            else:
-                se = e.get("tds_stderr")
-                row.append(f"{e['tds']:.3f}" + (f" ± {se:.3f}" if se is not None else "")
-                           + (f" ({e['seeds']} seeds)" if e.get("seeds", 1) > 1 else ""))
-        rows.append(row)
-    caption = ("TDS: variance of the predictive entropies of the still-masked positions, averaged over "
-               "decoding steps and trajectories; higher = more differentiated entropies (easy-to-hard).")
-    if any(e.get("seeds", 1) > 1 for e in tds):
-        caption += " With several seeds: mean over seeds ± the sd across seeds / sqrt(seeds)."
-    lines = ["## Trajectory Discrimination Score", "", caption, "",
-             _table(["Method"] + [_label(manifest, d) for d in datasets], rows)]
-    if image:
-        lines += ["", f"![Per-step TDS (Figure 2)]({image})"]
-    return "\n".join(lines)
-
-
-def _ce_section(ce: dict | None, image: str | None) -> str | None:
-    if not ce:
-        return None
-    n = f" (n = {ce['n']})" if ce.get("n") is not None else ""
-    rows = []
-    for r, sd, gt in zip(ce["mask_ratios"], ce["sd"], ce["gt"]):
-        rows.append([_num(r), DASH if sd is None else f"{sd:.3f}", DASH if gt is None else f"{gt:.3f}"])
-    lines = ["## Base-model cross-entropy vs mask ratio", "",
-             "Cross-entropy of the base model on self-distilled (SD) vs ground-truth (GT) answers at "
-             f"each mask ratio{n}.", "",
-             _table(["Mask ratio", "SD", "GT"], rows)]
-    if image:
-        lines += ["", f"![Cross-entropy vs mask ratio (Figure 3)]({image})"]
-    return "\n".join(lines)
 
 
 def render_markdown(manifest: dict, results: dict, tds: list[dict] | None = None,
@@ -1648,26 +865,10 @@ def render_markdown(manifest: dict, results: dict, tds: list[dict] | None = None
     ``run_tds``: ``load_run_tds``'s dict (TDS of lambda runs).
     ``date``/``revision`` come from the manifest (defaults: today, "unknown").
     """
+    from .tables import Ctx, render
+
     validate_manifest(manifest)
-    return _render(_Ctx(manifest, results, samples, run_tds), tds, ce, images)
-
-
-def _render(ctx: "_Ctx", tds, ce, images) -> str:
-    manifest = ctx.m
-    images = images or {}
-    sections = _main_tables(ctx)
-    changed = _changed_section(ctx)
-    if changed:
-        sections.append(changed)
-    sections += _parallel_tables(ctx)
-    sections += _ablation_tables(ctx)
-    sections += _grid_tables(ctx)
-    sections += _window_tables(ctx)
-    sections += _lambda_tables(ctx, images.get("lambda"))
-    for s in (_tds_section(manifest, tds or [], images.get("tds")), _ce_section(ce, images.get("ce"))):
-        if s:
-            sections.append(s)
-    return "\n\n".join([_header(manifest, ctx), *sections]) + "\n"
+    return render(Ctx(manifest, results, samples, run_tds), tds, ce, images)
 
 
 # ---------------------------------------------------------------------------
@@ -1683,17 +884,16 @@ def _new_figure():
     return fig
 
 
-def _save_png(fig, path: Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _finish(fig, path, panels, **legend) -> bool:
+    """Label, grid and legend each (axes, x label, y label) panel; save the figure as PNG at ``path``."""
+    for ax, xlabel, ylabel in panels:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(**legend)
+    fig.tight_layout()
+    _write_atomic(Path(path), lambda f: fig.savefig(f, format="png", metadata={"Software": None}), "wb")
+    return True
 
 
 def _has_curve(e: dict) -> bool:
@@ -1723,14 +923,8 @@ def plot_tds(tds: list[dict], path, task_labels: dict | None = None) -> bool:
                 linestyle=styles[datasets.index(e["dataset"]) % len(styles)],
                 label=f"{e['method']} – {labels.get(e['dataset'], e['dataset'])}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("decoding step")
-    ax.set_ylabel("TDS (entropy variance over masked positions)")
     ax.set_title("Trajectory Discrimination Score per decoding step")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save_png(fig, path)
-    return True
+    return _finish(fig, path, [(ax, "decoding step", "TDS (entropy variance over masked positions)")], fontsize=8)
 
 
 def plot_lambda(series: list[dict], path) -> bool:
@@ -1749,15 +943,8 @@ def plot_lambda(series: list[dict], path) -> bool:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                         yerr=[0.0 if p[2] is None else p[2] for p in pts], marker="o", capsize=3,
                         color=f"C{i % 10}", label=f"trained on {s['domain']}")
-    for ax, _, _, ylabel in panels:
-        ax.set_xlabel("ranking weight λ")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     fig.suptitle("Ranking weight λ: score and TDS")
-    fig.tight_layout()
-    _save_png(fig, path)
-    return True
+    return _finish(fig, path, [(ax, "ranking weight λ", ylabel) for ax, _, _, ylabel in panels], fontsize=8)
 
 
 def plot_ce(ce: dict | None, path) -> bool:
@@ -1769,14 +956,8 @@ def plot_ce(ce: dict | None, path) -> bool:
     for key, label in (("sd", "self-distilled (SD)"), ("gt", "ground truth (GT)")):
         ys = [float("nan") if v is None else v for v in ce[key]]
         ax.plot(ce["mask_ratios"], ys, marker="o", label=label)
-    ax.set_xlabel("mask ratio")
-    ax.set_ylabel("cross-entropy per token")
     ax.set_title("Base-model cross-entropy vs mask ratio")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    _save_png(fig, path)
-    return True
+    return _finish(fig, path, [(ax, "mask ratio", "cross-entropy per token")])
 
 
 # ---------------------------------------------------------------------------
@@ -1792,11 +973,12 @@ def _git_revision() -> str:
     return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else "unknown"
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_atomic(path: Path, write, mode: str = "w") -> None:
+    """``write(f)`` into a temporary file in ``path``'s folder, then ``os.replace`` it onto ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -1820,9 +1002,11 @@ def build_leaderboard(run_dir, out_dir="leaderboards", plots: bool = True,
     if not manifest.get("date"):
         manifest["date"] = _dt.date.today().isoformat()
     # render once before writing anything: errors (e.g. mismatched doc_ids) leave no partial output
+    from .tables import Ctx, render
+
     validate_manifest(manifest)
-    ctx = _Ctx(manifest, results, samples, run_tds)
-    _render(ctx, tds, ce, None)
+    ctx = Ctx(manifest, results, samples, run_tds)
+    render(ctx, tds, ce, None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = manifest["name"]
@@ -1838,7 +1022,8 @@ def build_leaderboard(run_dir, out_dir="leaderboards", plots: bool = True,
             images["lambda"] = f"{name}_lambda.png"
             written.append(out / f"{name}_lambda.png")
     md = out / f"{name}.md"
-    _write_text(md, _render(ctx, tds, ce, images))
+    text = render(ctx, tds, ce, images)
+    _write_atomic(md, lambda f: f.write(text))
     return [md, *written]
 
 

@@ -396,6 +396,8 @@ def test_unknown_kind(run_copy, tmp_path):
     (lambda m: _run(m, "no_sft").update(samples=3), "'samples' must be a path string"),
     (lambda m: m["tds"].append({"method": "TABOM", "dataset": "tabom_mbpp", "seed": 1, "file": "x.json"}),
      "a second entry for (TABOM, tabom_mbpp) with seed 1"),
+    (lambda m: m.update(selection={"method": "tabom", "param": "lam"}), "'selection' must be an object"),
+    (lambda m: m.update(eval_model_args=["threshold=0.9"]), "'eval_model_args' must be a string"),
 ])
 def test_manifest_rules(run_copy, tmp_path, edit, needle):
     _edit_manifest(run_copy, edit)
@@ -744,3 +746,16 @@ def test_na_stderr_and_absent_stderr_still_accepted(run_copy, tmp_path):
     del res["results"]["tabom_humaneval"]["score_stderr,none"]
     path.write_text(json.dumps(res))
     assert L.build_leaderboard(run_copy, tmp_path / "out", plots=False)
+
+
+def test_header_states_the_evaluation_decoder_and_the_validation_selection(run_copy, tmp_path):
+    sel = {"method": "tabom", "param": "lam", "values": [0.0, 1.0], "task": "mini_math_val", "domain": "math",
+           "scores": {"0": 0.25, "1": 0.3}, "n": 500, "config_value": 1.0, "chosen": 1.0,
+           "rule": "highest validation score; ties: the config's value, then the first listed"}
+    _edit_manifest(run_copy, lambda m: m.update(selection=sel, eval_model_args="batch_size=64,threshold=0.9"))
+    md = (L.build_leaderboard(run_copy, tmp_path / "out", plots=False)[0]).read_text(encoding="utf-8")
+    assert "- Evaluation (`tabom_dlm` model_args): `batch_size=64,threshold=0.9`" in md
+    assert "- Trajectory decoder (distillation, TDS): `" in md and "\n- Decoder:" not in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("- Hyperparameter selection"))
+    assert "TABOM `lam` chosen on `mini_math_val` (500 validation problems, never the test split" in line
+    assert "0 → 25.0, 1 → 30.0; chosen **1**" in line
