@@ -5,7 +5,8 @@ file, Hugging Face Hub dataset), which fields a record must have, the prompt
 the model sees (:meth:`Benchmark.prompt`: the ``doc_to_text`` of the task
 YAMLs, through ``tasks/utils.py``, and the prompt of the training queries of
 :mod:`tabom.queries`), the verifier (a function of :mod:`tabom.scoring`), the
-lm-eval task names and the paper's column.
+lm-eval task names, the paper's column and, for a training-query source, its
+query loader (``queries``: records -> id, ground-truth answer, verifier doc).
 
 =============  ======  ===========================  ==========================  ============
 benchmark      domain  tasks                        verifier (tabom.scoring)    paper column
@@ -43,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +107,46 @@ def _ifeval_verify(response: str, doc: dict) -> bool:
     return scoring.ifeval_scores(response, doc)["prompt_level_strict_acc"]
 
 
+# ------------------------------------------------------------ training queries
+# A query loader: (n, seed) -> [(id key, record, ground-truth answer, verifier doc)] in
+# order (n: how many :func:`tabom.queries.load_queries` keeps, None for all).
+_CALC = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations
+
+
+def gsm8k_queries(n: int | None, seed: int) -> list[tuple]:
+    return [(i, r, _CALC.sub("", r["answer"]), {"answer": r["answer"]})
+            for i, r in enumerate(rows("gsm8k", "train"))]
+
+
+def prm12k_queries(n: int | None, seed: int) -> list[tuple]:
+    """Problems whose solution has a final answer math-verify finds (the gold)."""
+    return [(r.get("unique_id", i), r, r["solution"], {"solution": r["solution"]})
+            for i, r in enumerate(rows("prm12k", "train")) if scoring.math_gold(r["solution"], "solution")]
+
+
+def mbpp_queries(n: int | None, seed: int) -> list[tuple]:
+    def doc(r):
+        return {"code": r["code"], "test_list": r.get("test_list") or [],
+                "test_setup_code": r.get("test_setup_code") or "", "text": r["text"]}
+
+    return [(r["task_id"], r, "```python\n" + r["code"].replace("\r\n", "\n") + "\n```", doc(r))
+            for r in rows("mbpp", MBPP_TRAINING_SPLITS)]
+
+
+def mini_math_queries(n: int | None, seed: int) -> list[tuple]:
+    from tabom.mini_world import math_records
+
+    return [(i, r, r["answer"], {"answer": r["answer"]})
+            for i, r in enumerate(math_records("train", n or 1000, seed))]
+
+
+def mini_code_queries(n: int | None, seed: int) -> list[tuple]:
+    from tabom.mini_world import code_records
+
+    return [(i, r, r["code"], {k: r[k] for k in ("code", "test_list", "test_setup_code", "entry_point")})
+            for i, r in enumerate(code_records("train", n or 1000, seed))]
+
+
 # --------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Benchmark:
@@ -121,6 +163,7 @@ class Benchmark:
     files: tuple[tuple[str, str], ...] = ()  # (split, file under $TABOM_DATA_DIR)
     hub: tuple[str, str | None] | None = None  # (Hub dataset, config)
     description: str = ""
+    queries: Callable[[int | None, int], list[tuple]] | None = None  # training-query loader, if any
 
     def local_file(self, split: str) -> str:
         files = dict(self.files)
@@ -143,7 +186,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               ("question", "answer"), "'question' is the prompt, 'answer' (ending in '#### N') the gold",
               gsm8k_prompt, lambda r, d: scoring.gsm8k_scores(r, d["answer"])["flexible-extract"],
               files=(("test", "gsm8k/test.jsonl"), ("train", "gsm8k/train.jsonl")),
-              hub=("openai/gsm8k", "main"), description="GSM8K (test 1,319; train 7,473)"),
+              hub=("openai/gsm8k", "main"), description="GSM8K (test 1,319; train 7,473)",
+              queries=gsm8k_queries),
     Benchmark("math500", "math", ("tabom_math500", "tabom_math500_dream", "tabom_math500_llada"),
               "math500", ("problem", "answer"), "'problem' is the prompt, 'answer' the gold final answer",
               math_prompt, lambda r, d: scoring.math_correct(r, d["answer"]),
@@ -162,7 +206,8 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               mbpp_prompt, lambda r, d: scoring.mbpp_correct(r, d),
               files=tuple((s, "mbpp/mbpp.jsonl") for s in MBPP_SPLITS),
               hub=("google-research-datasets/mbpp", "full"),
-              description="MBPP full (test = task_id 11-510; training queries 511-974)"),
+              description="MBPP full (test = task_id 11-510; training queries 511-974)",
+              queries=mbpp_queries),
     Benchmark("ifeval", "ifeval", ("tabom_ifeval", "tabom_ifeval_dream", "tabom_ifeval_llada"), "ifeval",
               ("prompt", "instruction_id_list", "kwargs"),
               "'prompt' is the prompt; 'instruction_id_list' with its 'kwargs' are the checks",
@@ -172,16 +217,19 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "'problem' is the prompt, the final answer of 'solution' the gold",
               math_prompt, lambda r, d: scoring.math_correct(r, d["solution"], gold_format="solution"),
               files=(("train", "math_train/prm12k.jsonl"),),
-              description="PRM800K training problems (MixChain-Z-PRM12K queries; training only)"),
-    Benchmark("mini_math", "math", ("mini_math",), None, ("question", "answer"),
+              description="PRM800K training problems (MixChain-Z-PRM12K queries; training only)",
+              queries=prm12k_queries),
+    Benchmark("mini_math", "math", ("mini_math", "mini_math_val"), None, ("question", "answer"),
               "'question' is the prompt, 'answer' (ending in '#### N') the gold",
               mini_math_prompt, lambda r, d: scoring.gsm8k_correct(r, d["answer"], mode="strict"),
-              description="mini-world arithmetic word problems (tabom.mini_world)"),
-    Benchmark("mini_code", "code", ("mini_code",), None, ("prompt", "code", "test_list"),
+              description="mini-world arithmetic word problems (tabom.mini_world)",
+              queries=mini_math_queries),
+    Benchmark("mini_code", "code", ("mini_code", "mini_code_val"), None, ("prompt", "code", "test_list"),
               "'prompt' is the prompt, the 'test_list' assertions score it, 'code' names the "
               "function they call",
               mini_code_prompt, lambda r, d: scoring.mbpp_correct(r, d, 5.0),
-              description="mini-world function-writing problems (tabom.mini_world)"),
+              description="mini-world function-writing problems (tabom.mini_world)",
+              queries=mini_code_queries),
 )}
 
 

@@ -1,9 +1,10 @@
 """Training queries for self-distillation and SFT-GT, with their verifiers.
 
-A *query source* names a set of training problems; its prompt (the same
-function as the ``doc_to_text`` of the matching evaluation task), its records
-and its verifier all come from the benchmark registry, :mod:`tabom.benchmarks`,
-so training and evaluation prompts and verdicts agree.
+A *query source* is an entry of the benchmark registry, :mod:`tabom.benchmarks`,
+with a query loader (``Benchmark.queries``); its prompt (the same function as
+the ``doc_to_text`` of the matching evaluation task), its records and its
+verifier all come from that entry, so training and evaluation prompts and
+verdicts agree. Adding a source is giving a registry entry a loader.
 
 =============  ======  ==========================================  =====================
 source         domain  problems (registry entry, split)            verifier
@@ -23,80 +24,28 @@ when it is set, else from the Hugging Face Hub (``openai/gsm8k``,
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 
 from . import benchmarks, scoring
 
-
-@dataclass(frozen=True)
-class QuerySource:
-    name: str
-    domain: str
-    description: str
+SOURCES = {name: b for name, b in benchmarks.BENCHMARKS.items() if b.queries is not None}
 
 
-SOURCES = {
-    "mini_math": QuerySource("mini_math", "math", "mini-world arithmetic word problems (train split)"),
-    "mini_code": QuerySource("mini_code", "code", "mini-world function-writing problems (train split)"),
-    "gsm8k": QuerySource("gsm8k", "math", "GSM8K train"),
-    "prm12k": QuerySource("prm12k", "math", "PRM800K training problems (MixChain-Z-PRM12K queries)"),
-    "mbpp": QuerySource("mbpp", "code", "MBPP train + validation"),
-}
-
-
-def get_source(name: str) -> QuerySource:
+def get_source(name: str) -> benchmarks.Benchmark:
     if name not in SOURCES:
         raise ValueError(f"query source {name!r} is unknown; choose one of {sorted(SOURCES)}")
     return SOURCES[name]
-
-
-_CALC = re.compile(r"<<[^>]*>>")
 
 
 def load_queries(source: str, n: int | None = None, seed: int = 0) -> list[dict]:
     """Queries of ``source``: dicts with ``id`` (unique, stable), ``source``,
     ``domain``, ``prompt`` (user message), ``answer`` (ground-truth response)
     and ``doc`` (JSON of what the verifier needs). ``n`` keeps the first n."""
-    src = get_source(source)
-    bench = benchmarks.get(source)
+    bench = get_source(source)
     if n is not None and n < 1:
         raise ValueError(f"n={n} must be a positive number of queries (or None for all)")
-    out: list[dict] = []
-    if source == "mini_math":
-        from .mini_world import math_records
-
-        for i, r in enumerate(math_records("train", n or 1000, seed)):
-            out.append(_q(src, i, bench.prompt(r), r["answer"], {"answer": r["answer"]}))
-    elif source == "mini_code":
-        from .mini_world import code_records
-
-        for i, r in enumerate(code_records("train", n or 1000, seed)):
-            doc = {k: r[k] for k in ("code", "test_list", "test_setup_code", "entry_point")}
-            out.append(_q(src, i, bench.prompt(r), r["code"], doc))
-    elif source == "gsm8k":
-        for i, r in enumerate(benchmarks.rows("gsm8k", "train")):
-            answer = _CALC.sub("", r["answer"])
-            out.append(_q(src, i, bench.prompt(r), answer, {"answer": r["answer"]}))
-    elif source == "prm12k":
-        for i, r in enumerate(benchmarks.rows("prm12k", "train")):
-            if not scoring.math_gold(r["solution"], "solution"):
-                continue  # math-verify finds no final answer in the solution: no gold
-            out.append(_q(src, r.get("unique_id", i), bench.prompt(r), r["solution"],
-                          {"solution": r["solution"]}))
-    elif source == "mbpp":
-        for r in benchmarks.rows("mbpp", benchmarks.MBPP_TRAINING_SPLITS):
-            doc = {k: r.get(k) or ("" if k == "test_setup_code" else []) for k in
-                   ("code", "test_list", "test_setup_code")}
-            doc["text"] = r["text"]
-            out.append(_q(src, r["task_id"], bench.prompt(r),
-                          "```python\n" + r["code"].replace("\r\n", "\n") + "\n```", doc))
+    out = [{"id": f"{source}:{key}", "source": source, "domain": bench.domain, "prompt": bench.prompt(r),
+            "answer": answer, "doc": json.dumps(doc)} for key, r, answer, doc in bench.queries(n, seed)]
     return out[:n] if n is not None else out
-
-
-def _q(src: QuerySource, key, prompt: str, answer: str, doc: dict) -> dict:
-    return {"id": f"{src.name}:{key}", "source": src.name, "domain": src.domain, "prompt": prompt,
-            "answer": answer, "doc": json.dumps(doc)}
 
 
 def verify(queries: list[dict], responses: list[str], timeout: float = 10.0) -> list[bool]:
@@ -109,10 +58,10 @@ def verify(queries: list[dict], responses: list[str], timeout: float = 10.0) -> 
         doc = json.loads(q["doc"])
         if q["source"] not in SOURCES:
             raise ValueError(f"no verifier for query source {q['source']!r}")
-        if q["source"] in ("mini_code", "mbpp"):  # executed below, in parallel sandboxes
+        if SOURCES[q["source"]].domain == "code":  # executed below, in parallel sandboxes
             code_jobs.append((i, scoring.mbpp_program(resp, doc), scoring.mbpp_test_code(doc)))
         else:  # the registry's verifier (the one its evaluation task uses)
-            verdicts[i] = benchmarks.get(q["source"]).verify(resp, doc)
+            verdicts[i] = SOURCES[q["source"]].verify(resp, doc)
     if code_jobs:
         outcomes = scoring.run_tests_parallel([(p, t) for _, p, t in code_jobs], timeout=timeout)
         for (i, _, _), o in zip(code_jobs, outcomes):

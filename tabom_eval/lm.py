@@ -35,51 +35,23 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from tabom.decoding import DecodeConfig, generate
+from tabom.decoding import CACHES, ORDERS, SCHEDULES, DecodeConfig, generate
 from tabom.utils import process_rank
 
 logger = logging.getLogger(__name__)
 
-SAMPLER_KEYS = tuple(f for f in DecodeConfig.__dataclass_fields__)  # every DecodeConfig field
-MODEL_KEYS = ("pretrained", "peft", "merge_peft", "family", "dtype", "device", "batch_size",
-              "max_batch_size", "revision", "trust_remote_code", "mc_num", "mc_batch_size",
-              "max_length", "samples_file", "system_prompt", "check_greedy")
-ACCEPTED_KEYS = MODEL_KEYS + SAMPLER_KEYS
 # HF generate() keys that tasks commonly carry and that mean nothing to a diffusion sampler.
 IGNORED_GEN_KEYS = ("do_sample", "num_beams", "max_length", "min_length", "repetition_penalty",
                     "max_new_tokens")
-
-
-def _coerce(value: Any) -> Any:
-    """model_args arrive as strings from the CLI ("0.9", "none", "true")."""
-    if not isinstance(value, str):
-        return value
-    low = value.strip().lower()
-    if low in ("none", "null", ""):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
-
-
-# model_args whose values are text: "none" still means None, but digits stay text
-# (a revision "1234", a system prompt "42").
+# Text values: "none" still means None, but digits stay text (a revision "1234").
 STRING_KEYS = ("peft", "family", "device", "revision", "samples_file", "system_prompt")
-# model_args and sampler settings that accept only true / false.
 BOOL_KEYS = ("merge_peft", "trust_remote_code", "check_greedy", "ban_eos", "eos_last", "early_exit",
              "strict_reference")
-# model_args that are counts (integers >= 1).
 INT_KEYS = ("batch_size", "max_batch_size", "mc_num", "mc_batch_size", "max_length")
+# The side-file fields a generation measures (null for an answer from lm-eval's cache).
+MEASURED = ("prompt_tokens", "generated_tokens", "nfe", "batch_wall_s", "batch_size")
 
-# One line of meaning per model_arg for `tabom-eval --help` (model_args_help). The keys
-# listed there are ACCEPTED_KEYS themselves, so a key missing here still appears (with
-# a placeholder; tests/test_cli.py asserts there is none). Model keys: (meaning, default);
-# sampler keys: meaning only, their defaults are read from DecodeConfig and the families.
+# The model_args: {key: (meaning, default)} for `tabom-eval --help` (model_args_help).
 MODEL_ARG_HELP = {
     "pretrained": ("Hub id or local folder of the checkpoint", "required"),
     "peft": ("LoRA adapter: a local folder with adapter_config.json, or a Hub id org/name", "none"),
@@ -102,14 +74,16 @@ MODEL_ARG_HELP = {
     "system_prompt": ("system message put before the chat (with --apply_chat_template)", "none"),
     "check_greedy": ("loglikelihood's is_greedy: one exact greedy decode per request", "true"),
 }
-from tabom import decoding as _decoding  # noqa: E402 -- the lists SAMPLER_HELP names
-
+MODEL_KEYS = tuple(MODEL_ARG_HELP)
+SAMPLER_KEYS = tuple(DecodeConfig.__dataclass_fields__)  # every DecodeConfig field
+ACCEPTED_KEYS = MODEL_KEYS + SAMPLER_KEYS
+# Their meanings (defaults come from DecodeConfig); tests/test_cli_main.py asserts none is NO_HELP.
 SAMPLER_HELP = {
     "gen_length": "new tokens per answer (a task's max_gen_toks overrides it)",
     "steps": "total denoising steps; none = gen_length (one token per step)",
     "block_length": "semi-autoregressive block size; none = gen_length (one block)",
-    "order": "which masked positions are revealed first: " + ", ".join(_decoding.ORDERS),
-    "schedule": "how many tokens each step reveals: " + " or ".join(_decoding.SCHEDULES),
+    "order": "which masked positions are revealed first: " + ", ".join(ORDERS),
+    "schedule": "how many tokens each step reveals: " + " or ".join(SCHEDULES),
     "tokens_per_step": "parallel decoding: tokens revealed per step (replaces steps)",
     "threshold": "reveal every position whose confidence reaches this (Fast-dLLM; replaces steps)",
     "temperature": "sampling temperature; 0 = greedy",
@@ -121,21 +95,20 @@ SAMPLER_HELP = {
     "eos_last": "EOS / end-of-turn proposals are revealed last (LLaDA confidence_eos_eot_inf)",
     "early_exit": "stop a row once nothing before its first EOS is masked",
     "seed": "sampling seed per generate call; none = torch's global generator",
-    "cache": f"KV cache: {', '.join(_decoding.CACHES)} (none is exact; the others Fast-dLLM's block-wise cache)",
+    "cache": f"KV cache: {', '.join(CACHES)} (none is exact; the others Fast-dLLM's block-wise cache)",
     "strict_reference": "reproduce the original LLaDA / Dream sampling loops token for token",
 }
 NO_HELP = "(no description yet)"
 
-# Files this process wrote finished work to ({path: what}); tabom_eval.cli names them
-# when a run is interrupted (kept_files). Request caches are flushed there first.
+# Files this process wrote finished work to ({path: what}), named by tabom_eval.cli when
+# a run is interrupted (kept_files); the request caches are flushed there first.
 _KEPT: dict[str, str] = {}
-_CACHING_LMS: "weakref.WeakSet" = weakref.WeakSet()
+_CACHING_LMS: weakref.WeakSet = weakref.WeakSet()
 
 
 def kept_files() -> list[tuple[str, str]]:
-    """(path, what) of the files holding this process's finished work: the per-sample
-    side files and the --use_cache databases (committed here, blocking, since
-    lm-eval's cache commits asynchronously)."""
+    """(path, what) of the files holding this process's finished work: the side files and
+    the --use_cache databases (committed here, blocking: lm-eval commits asynchronously)."""
     for caching in list(_CACHING_LMS):
         try:
             caching.dbdict.commit(blocking=True)
@@ -145,37 +118,45 @@ def kept_files() -> list[tuple[str, str]]:
     return [(path, what) for path, what in _KEPT.items() if Path(path).exists()]
 
 
-def _help_value(value) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
 def model_args_help(width: int = 18) -> str:
-    """The accepted ``model_args`` of ``tabom_dlm``, one line each with its meaning and
-    default: the epilog of ``tabom-eval --help``. Built from ACCEPTED_KEYS (MODEL_KEYS +
-    every DecodeConfig field); sampler defaults come from DecodeConfig and, where a
-    family changes them, from each family's default decoder."""
+    """The ``tabom-eval --help`` epilog: each accepted model_arg with its meaning and default
+    (sampler defaults from DecodeConfig, per family where a family changes them)."""
     from tabom.models import FAMILIES
+
+    def show(v) -> str:
+        return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
     base = DecodeConfig()
     per_family = {name: DecodeConfig.for_family(fam) for name, fam in FAMILIES.items()}
     lines = ["tabom_dlm model_args (--model_args key=value,key=value; unknown keys are refused):"]
-    for key in MODEL_KEYS:
-        meaning, default = MODEL_ARG_HELP.get(key, (NO_HELP, "?"))
+    for key, (meaning, default) in MODEL_ARG_HELP.items():
         lines.append(f"  {key:<{width}} {meaning} [default: {default}]")
     lines.append("sampler settings (tabom.decoding.DecodeConfig; a task's generation_kwargs override "
                  "them, max_gen_toks -> gen_length):")
     for key in SAMPLER_KEYS:
         values = {name: getattr(cfg, key) for name, cfg in per_family.items()}
+        default = show(getattr(base, key))
         if any(v != getattr(base, key) for v in values.values()):
-            default = ", ".join(f"{name}: {_help_value(v)}" for name, v in values.items())
-        else:
-            default = _help_value(getattr(base, key))
+            default = ", ".join(f"{name}: {show(v)}" for name, v in values.items())
         lines.append(f"  {key:<{width}} {SAMPLER_HELP.get(key, NO_HELP)} [default: {default}]")
     return "\n".join(lines)
+
+
+def _coerce(value: Any) -> Any:
+    """model_args arrive as strings from the CLI ("0.9", "none", "true")."""
+    if not isinstance(value, str):
+        return value
+    low = value.strip().lower()
+    if low in ("none", "null", ""):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _as_int(name: str, value) -> int:
@@ -201,21 +182,17 @@ def _check_peft(peft) -> str | None:
     if path.is_dir():
         if not (path / "adapter_config.json").is_file():
             raise FileNotFoundError(f"tabom_dlm: peft={text!r}: no adapter_config.json in that folder")
-        return text
-    if path.exists():
+    elif path.exists():
         raise ValueError(f"tabom_dlm: peft={text!r} is a file; give the adapter folder")
-    if text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(
-            f"tabom_dlm: peft={text!r}: no such adapter folder, and it is not a Hub id of the "
-            "form 'org/name'"
-        )
+    elif text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise FileNotFoundError(f"tabom_dlm: peft={text!r}: no such adapter folder, and it is not a "
+                                "Hub id of the form 'org/name'")
     return text
 
 
 def _family_hint(pretrained: str, family):
-    """The model family, known before any weight is read: ``family=`` when given (an
-    unknown name is refused here), else a local checkpoint's config.json; None when
-    only the download would tell (a Hub id)."""
+    """The model family before any weight is read: ``family=`` (an unknown name is refused),
+    else a local checkpoint's config.json; None when only the download would tell."""
     from tabom.models import family_for_model_type, get_family
 
     if family is not None:
@@ -228,9 +205,8 @@ def _family_hint(pretrained: str, family):
 
 
 def _check_sampler(sampler: dict, family) -> None:
-    """The user's sampler settings, checked before loading: with the family's
-    defaults when the family is known already, else against every family (an error
-    for the actual family then surfaces once the checkpoint names it)."""
+    """The user's sampler settings with the family's defaults; with every family when it
+    is unknown yet (the actual family's error surfaces once the checkpoint names it)."""
     from tabom.models import FAMILIES
 
     first = None
@@ -243,18 +219,13 @@ def _check_sampler(sampler: dict, family) -> None:
                 raise
             return
         except ValueError as err:
-            if first is None:
-                first = err
+            first = first or err
     raise ValueError(f"tabom_dlm: {first}") from None
 
 
 def _close_process_group() -> None:
-    """Destroy the process group while the interpreter is still alive.
-
-    A rank that leaves with the gloo group still open can abort at interpreter
-    teardown ("terminate called without an active exception", SIGABRT), which
-    fails the whole ``accelerate launch`` although every result was written.
-    """
+    """Destroy the process group while the interpreter is alive: a rank leaving with gloo
+    open can SIGABRT at teardown and fail ``accelerate launch`` after all results are written."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -262,6 +233,17 @@ def _close_process_group() -> None:
             dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def _gen_kwargs(req) -> dict:
+    return req.args[1] if len(req.args) > 1 else {}
+
+
+def _record(req, text: str, decoder: dict | None, cached: bool, *measured) -> dict:
+    """One side-file line (``measured``: the MEASURED values, all null when cached)."""
+    return {"task": req.task_name, "doc_id": req.doc_id,
+            **dict(zip(MEASURED, measured or (None,) * len(MEASURED))),
+            "cached": cached, "text": text, "decoder": decoder}
 
 
 @register_model("tabom_dlm")
@@ -281,24 +263,21 @@ class TabomDLM(LM):
         falls back to the CPU when CUDA is absent; ``model_args device=`` is strict."""
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         cli_device = extra.pop("device", None)
-        args = {**extra, **dict(arg_dict)}
-        return cls(**args, _cli_device=cli_device)
+        return cls(**{**extra, **dict(arg_dict)}, _cli_device=cli_device)
 
     def __init__(self, pretrained: str | None = None, _cli_device: str | None = None, **kwargs):
         super().__init__()
-        _patch_caching_lm()  # lm-eval has no cache hook; see the comment at _cli_output_path
+        _patch_caching_lm()  # lm-eval has no cache hook; see the comment at _patch_caching_lm
         unknown = sorted(set(kwargs) - set(ACCEPTED_KEYS))
         if unknown:
-            raise ValueError(
-                f"tabom_dlm: unknown model_args {unknown}; accepted keys: {', '.join(ACCEPTED_KEYS)}"
-            )
+            raise ValueError(f"tabom_dlm: unknown model_args {unknown}; accepted keys: "
+                             f"{', '.join(ACCEPTED_KEYS)}")
         if not pretrained:
             raise ValueError("tabom_dlm: model_args must include pretrained=<Hub id or local folder>")
         kw = {k: _coerce(v) for k, v in kwargs.items()}
         for key in STRING_KEYS:  # text stays text ("none" -> None)
             if kw.get(key) is not None:
-                raw = kwargs[key]
-                kw[key] = raw if isinstance(raw, str) or key in ("device", "family") else str(raw)
+                kw[key] = kwargs[key] if key in ("device", "family") else str(kwargs[key])
 
         # ---- every argument is checked here, before any weight is read
         from tabom.models import check_device, load_adapter, load_model, resolve_dtype
@@ -322,12 +301,11 @@ class TabomDLM(LM):
             raise ValueError(f"tabom_dlm: {err}") from None
         self.peft = _check_peft(kw.get("peft"))
         family = _family_hint(str(pretrained), kw.get("family"))
-        sampler = {k: kw[k] for k in SAMPLER_KEYS if k in kw and kw[k] is not None}
+        sampler = {k: kw[k] for k in SAMPLER_KEYS if kw.get(k) is not None}
         sampler.update({k: v for k, v in flags.items() if k in SAMPLER_KEYS})
         _check_sampler(sampler, family)
 
-        self._accelerator = None
-        self._rank, self._world_size = 0, 1
+        self._accelerator = None  # LM.__init__ set rank 0 of world size 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import Accelerator
 
@@ -356,16 +334,13 @@ class TabomDLM(LM):
         self.model.eval()
         self.tokenizer = self.model.tokenizer
         self._device = self.model.device
-
         self.max_length = counts.get("max_length") or int(
             getattr(self.model.config, "max_position_embeddings", 4096))
         self.system_prompt = kw.get("system_prompt")
         self.samples_file = kw.get("samples_file")
-
         # the family's defaults need the loaded model; the user's values were checked above
         self.decode_defaults = DecodeConfig.for_family(self.model.family, **sampler).validate()
-        # the decoder settings that actually ran, per task (see get_model_info)
-        self._task_decoders: dict[str, list[DecodeConfig]] = {}
+        self._task_decoders: dict[str, list[DecodeConfig]] = {}  # the decoders that ran, per task
         self._chat_template_used = False
         self._chat_warned = False  # the missing --apply_chat_template warning, once
         self._fresh = None  # under --use_cache: Counter of id(request) this model generated
@@ -401,30 +376,20 @@ class TabomDLM(LM):
         return (f"{name}[{d.order},gen{d.gen_length},steps{steps},block{d.block},T{d.temperature}"
                 f"{cache}{strict}]")
 
-    def _record_task_decoder(self, task: str | None, cfg: DecodeConfig) -> None:
-        seen = self._task_decoders.setdefault(str(task), [])
-        if cfg not in seen:
-            seen.append(cfg)
-
     def get_model_info(self) -> dict:
-        """What lm-eval writes into results.json's ``config``.
-
-        ``model_name`` / ``tabom_decoder`` are the model_args defaults;
-        ``tabom_decoder_per_task`` / ``tabom_model_name_per_task`` are the decoder
-        settings that actually ran for each task this process generated for
-        (one dict / name, or a list when a task's requests used several). Tasks
-        answered wholly from lm-eval's request cache do not appear there.
-        """
-        def one_or_list(items):
-            return items[0] if len(items) == 1 else items
+        """What lm-eval writes into results.json's ``config``: ``model_name`` /
+        ``tabom_decoder`` are the model_args defaults; the ``..._per_task`` entries the
+        decoder settings each task generated with in this process (one, or a list when
+        several; tasks answered wholly from lm-eval's request cache are absent)."""
+        def per_task(show):
+            return {t: show(cfgs[0]) if len(cfgs) == 1 else [show(c) for c in cfgs]
+                    for t, cfgs in self._task_decoders.items()}
 
         return {
             "model_name": self.model_name,
             "tabom_decoder": self.decode_defaults.to_dict(),
-            "tabom_decoder_per_task": {t: one_or_list([c.to_dict() for c in cfgs])
-                                       for t, cfgs in self._task_decoders.items()},
-            "tabom_model_name_per_task": {t: one_or_list([self._name_for(c) for c in cfgs])
-                                          for t, cfgs in self._task_decoders.items()},
+            "tabom_decoder_per_task": per_task(DecodeConfig.to_dict),
+            "tabom_model_name_per_task": per_task(self._name_for),
             "tabom_adapter": self.peft,
             "tabom_family": self.model.family.name,
             "tabom_fingerprint": self.fingerprint,
@@ -449,19 +414,9 @@ class TabomDLM(LM):
             continue_final_message=not add_generation_prompt,
         )
 
-    # ------------------------------------------------------ distribution
-    @property
-    def rank(self) -> int:
-        return self._rank
-
-    @property
-    def world_size(self) -> int:
-        return self._world_size
-
+    # ------------------------------------------------------ distribution (rank, world_size: LM's)
     def all_gather(self, tensor):
-        if self._world_size <= 1:
-            return tensor
-        return self._accelerator.gather(tensor)
+        return tensor if self._world_size <= 1 else self._accelerator.gather(tensor)
 
     def gather_object(self, obj, dst=0):
         if self._world_size <= 1:
@@ -476,10 +431,9 @@ class TabomDLM(LM):
 
     # ------------------------------------------------------------ prompts
     def _encode(self, text: str) -> list[int]:
-        fam = self.model.family
-        add_special = fam.add_special_tokens_with_chat_template if self._chat_template_used else True
-        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
-        return ids
+        add_special = (self.model.family.add_special_tokens_with_chat_template
+                       if self._chat_template_used else True)
+        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
 
     def _truncate(self, ids: list[int], gen_length: int) -> list[int]:
         room = self.max_length - gen_length
@@ -495,9 +449,7 @@ class TabomDLM(LM):
         """The sampler settings for one request: model_args overridden by gen_kwargs."""
         kw = dict(gen_kwargs or {})
         until = kw.pop("until", None)
-        if isinstance(until, str):
-            until = [until]
-        until = [u for u in (until or []) if u]
+        until = [u for u in ([until] if isinstance(until, str) else until or []) if u]
         changes: dict[str, Any] = {}
         if "max_gen_toks" in kw:
             changes["gen_length"] = int(kw.pop("max_gen_toks"))
@@ -506,17 +458,14 @@ class TabomDLM(LM):
             changes["temperature"] = float(kw.pop("temperature"))
         elif do_sample is False:
             changes["temperature"] = 0.0
-        for key in list(kw):
-            if key in SAMPLER_KEYS:
-                changes[key] = kw.pop(key)
-            elif key in IGNORED_GEN_KEYS:
-                kw.pop(key)
-        if kw:
-            raise ValueError(f"tabom_dlm: generation_kwargs {sorted(kw)} are not understood; "
+        changes.update({key: kw.pop(key) for key in list(kw) if key in SAMPLER_KEYS})
+        unknown = sorted(set(kw) - set(IGNORED_GEN_KEYS))
+        if unknown:
+            raise ValueError(f"tabom_dlm: generation_kwargs {unknown} are not understood; "
                              f"sampler settings: {', '.join(SAMPLER_KEYS)}")
         d = self.decode_defaults
         if (d.tokens_per_step is not None or d.threshold is not None) and "steps" in changes \
-                and "tokens_per_step" not in changes and "threshold" not in changes:
+                and not {"tokens_per_step", "threshold"} & changes.keys():
             # parallel decoding asked for in model_args (tokens_per_step=2, threshold=0.9)
             # replaces a task preset's one-token-per-step `steps`
             changes.pop("steps")
@@ -534,48 +483,39 @@ class TabomDLM(LM):
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[tuple[int, list[int], DecodeConfig, list[str]]]] = defaultdict(list)
         for i, req in enumerate(requests):
-            context, gen_kwargs = req.args[0], (req.args[1] if len(req.args) > 1 else {})
-            cfg, until = self.decode_config_for(gen_kwargs)
-            self._record_task_decoder(req.task_name, cfg)
-            ids = self._truncate(self._encode(context), cfg.gen_length)
+            cfg, until = self.decode_config_for(_gen_kwargs(req))
+            seen = self._task_decoders.setdefault(str(req.task_name), [])
+            if cfg not in seen:
+                seen.append(cfg)
+            ids = self._truncate(self._encode(req.args[0]), cfg.gen_length)
             groups[json.dumps(cfg.to_dict(), sort_keys=True)].append((i, ids, cfg, until))
         bar = tqdm(total=len(requests), desc="tabom_dlm generate", disable=disable_tqdm or self.rank != 0)
-        for _, items in groups.items():
+        for items in groups.values():
             items.sort(key=lambda it: -len(it[1]))  # longest first: similar lengths share a batch
             for start in range(0, len(items), self.batch_size):
                 batch = items[start:start + self.batch_size]
                 cfg = batch[0][2]
                 t0 = time.perf_counter()
                 out = generate(self.model, [it[1] for it in batch], cfg)
-                wall = time.perf_counter() - t0
+                wall = round(time.perf_counter() - t0, 4)
                 records = []
                 for j, (i, ids, _, until) in enumerate(batch):
                     text = out.texts[j]
                     for stop in until:
                         text = text.split(stop)[0]
                     results[i] = text
-                    req = requests[i]
-                    records.append({
-                        "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": len(ids),
-                        "generated_tokens": len(out.token_ids[j]), "nfe": out.nfe[j],
-                        "batch_wall_s": round(wall, 4), "batch_size": len(batch), "cached": False,
-                        "text": text, "decoder": cfg.to_dict(),
-                    })
-                    self.cache_hook.add_partial("generate_until", req.args, text)
+                    records.append(_record(requests[i], text, cfg.to_dict(), False, len(ids),
+                                           len(out.token_ids[j]), out.nfe[j], wall, len(batch)))
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
                 self._write_side(records)
                 bar.update(len(batch))
         bar.close()
         return results  # type: ignore[return-value]
 
     def _warn_no_chat_template(self, requests) -> None:
-        """Warn once when the model has a chat template that lm-eval did not apply.
-
-        lm-eval applies it only with --apply_chat_template, and then calls
-        :meth:`apply_chat_template` for every prompt while building the requests,
-        before any generate_until; so a still unset ``_chat_template_used`` here
-        means raw prompts. (With --cache_requests, requests read back from that
-        cache were built without that call: the warning may then be spurious.)
-        """
+        """Warn once when lm-eval did not apply the model's chat template (it calls
+        :meth:`apply_chat_template` for every prompt before any generate_until; requests
+        read back from --cache_requests were not: the warning may then be spurious)."""
         if not getattr(self.tokenizer, "chat_template", None):
             return
         self._chat_warned = True
@@ -589,24 +529,18 @@ class TabomDLM(LM):
             shown, self.pretrained)
 
     def _note_cached(self, requests, responses, fresh) -> None:
-        """Side-file records for the requests lm-eval's CachingLM answered from its
-        cache (``fresh`` counts the ones this model generated): ``cached: true``, the
-        cached text and the decoder settings, NFE / tokens / wall time null; so the
-        side file holds one record per request either way."""
+        """Side-file records (``cached: true``, measurements null) for the requests lm-eval's
+        CachingLM answered from its cache (``fresh`` counts the ones this model generated)."""
         records = []
         for req, text in zip(requests, responses):
             if fresh[id(req)] > 0:
                 fresh[id(req)] -= 1
                 continue
             try:
-                decoder = self.decode_config_for(req.args[1] if len(req.args) > 1 else {})[0].to_dict()
+                decoder = self.decode_config_for(_gen_kwargs(req))[0].to_dict()
             except (ValueError, TypeError):
                 decoder = None
-            records.append({
-                "task": req.task_name, "doc_id": req.doc_id, "prompt_tokens": None,
-                "generated_tokens": None, "nfe": None, "batch_wall_s": None, "batch_size": None,
-                "cached": True, "text": text, "decoder": decoder,
-            })
+            records.append(_record(req, text, decoder, True))
         self._write_side(records)
 
     # ------------------------------------------------------- side file
@@ -617,17 +551,16 @@ class TabomDLM(LM):
         if target:
             path = Path(target)
         else:
-            out = _cli_output_path()
+            from tabom_eval.cli import output_path_arg
+
+            out = output_path_arg(sys.argv)  # lm-eval does not pass --output_path (see the end)
             if out is None:
                 return None
             from lm_eval.utils import sanitize_model_name
 
-            base = Path(out)
-            if base.suffix == ".json":
-                base = base.parent
-            name = sanitize_model_name(self.peft or self.pretrained)
+            base = Path(out).parent if Path(out).suffix == ".json" else Path(out)
             stamp = time.strftime("%Y-%m-%dT%H-%M-%S")
-            path = base / name / f"tabom_samples_{stamp}.jsonl"
+            path = base / sanitize_model_name(self.peft or self.pretrained) / f"tabom_samples_{stamp}.jsonl"
         if self._world_size > 1:
             path = path.with_name(f"{path.stem}_rank{self._rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -657,8 +590,7 @@ class TabomDLM(LM):
             n_ctx = len(ctx_ids)
             while n_ctx > 0 and full[:n_ctx] != ctx_ids[:n_ctx]:
                 n_ctx -= 1
-            target = full[n_ctx:]
-            prefix = full[:n_ctx]
+            prefix, target = full[:n_ctx], full[n_ctx:]
             if not target:
                 out.append((0.0, True))
                 continue
@@ -698,8 +630,7 @@ class TabomDLM(LM):
     def _suffix_greedy(self, prefix: list[int], target: list[int]) -> bool:
         """Would greedy decoding (one token per step, confidence order) produce ``target``?"""
         cfg = DecodeConfig(gen_length=len(target), order="confidence", temperature=0.0)
-        out = generate(self.model, [prefix], cfg)
-        return out.sequences[0].tolist() == target
+        return generate(self.model, [prefix], cfg).sequences[0].tolist() == target
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError(
@@ -714,7 +645,7 @@ class TabomDLM(LM):
 #   with create_from_arg_string / create_from_arg_obj and additional_config =
 #   {batch_size, max_batch_size, device} only, and the CLI (lm_eval/_cli/run.py) hands
 #   output_path to its EvaluationTracker alone. So the default side-file folder is read
-#   from the command line (_cli_output_path).
+#   from the command line (TabomDLM._side_file).
 # - simple_evaluate wraps the model in lm_eval.api.model.CachingLM(lm, use_cache +
 #   "_rank<N>.db") directly (no factory or setting to subclass it); CachingLM keys on
 #   hash_args(attr, req.args) only, and the model hears of the cache only through
@@ -722,19 +653,9 @@ class TabomDLM(LM):
 #   configuration and side-file records for cached answers therefore need CachingLM
 #   patched (_patch_caching_lm). It is patched when the first TabomDLM is constructed,
 #   never on import: importing this module leaves lm-eval unchanged.
-def _cli_output_path() -> str | None:
-    """--output_path / -o of the running lm_eval command line, if any (see above)."""
-    from tabom_eval.cli import output_path_arg
-
-    return output_path_arg(sys.argv)
-
-
 def _patch_caching_lm() -> None:
-    """lm-eval's request cache keys only on the request; give each tabom_dlm
-    configuration (checkpoint, adapter, decoder settings) its own cache file.
-    For a tabom_dlm model, generate_until through the cache also writes side-file
-    records (``cached: true``) for the requests answered from the cache.
-    Idempotent; called by ``TabomDLM.__init__`` (see the comment above)."""
+    """One cache file per tabom_dlm configuration (fingerprint), and side-file records
+    (``cached: true``) for the answers read from it. Idempotent (see the comment above)."""
     from lm_eval.api import model as lm_model
 
     cls = lm_model.CachingLM

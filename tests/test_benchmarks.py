@@ -66,9 +66,10 @@ def test_mini_task_prompts_equal_training_query_prompts(monkeypatch):
     from tabom.mini_world import code_records, math_records
     from tabom.queries import load_queries
 
-    monkeypatch.setenv("TABOM_MINI_N_TEST", "3")
-    assert _task_prompts("mini_math") == [r["question"] for r in math_records("test", 3)]
-    assert _task_prompts("mini_code") == [r["prompt"] for r in code_records("test", 3)]
+    monkeypatch.setenv("TABOM_MINI_N_TEST", "3")  # lm-eval may keep an earlier test's count
+    math_prompts, code_prompts = _task_prompts("mini_math"), _task_prompts("mini_code")
+    assert math_prompts == [r["question"] for r in math_records("test", len(math_prompts))]
+    assert code_prompts == [r["prompt"] for r in code_records("test", len(code_prompts))]
     assert [q["prompt"] for q in load_queries("mini_math", 3)] == [
         B.get("mini_math").prompt(r) for r in math_records("train", 3)]
     assert [q["prompt"] for q in load_queries("mini_code", 3)] == [
@@ -104,3 +105,26 @@ def test_mbpp_splits(data_dir):
     assert [r["task_id"] for r in B.rows("mbpp", B.MBPP_TRAINING_SPLITS)] == [600]
     with pytest.raises(FileNotFoundError, match="ifeval/input_data.jsonl"):
         B.load("ifeval", "train")
+
+
+def test_query_sources_are_the_registry_entries_with_a_loader(data_dir):
+    """A training-query source is a registry entry with ``queries``; load_queries builds
+    id / prompt / ground-truth answer / verifier doc from it."""
+    from tabom.queries import SOURCES, load_queries, verify
+
+    assert sorted(SOURCES) == ["gsm8k", "mbpp", "mini_code", "mini_math", "prm12k"]
+    assert sorted(SOURCES) == sorted(n for n, b in B.BENCHMARKS.items() if b.queries is not None)
+    (g,) = load_queries("gsm8k")
+    assert (g["id"], g["domain"], g["answer"]) == ("gsm8k:0", "math", "3 + 4 = 7\n#### 7")
+    assert json.loads(g["doc"]) == {"answer": GSM8K["answer"]}
+    (p,) = load_queries("prm12k")
+    assert p["id"] == "prm12k:test/algebra/1.json" and json.loads(p["doc"]) == {"solution": MATH["solution"]}
+    (m,) = load_queries("mbpp")
+    assert (m["id"], m["domain"]) == ("mbpp:600", "code")
+    assert m["answer"] == "```python\ndef add(a, b):\n    return a + b\n```"
+    assert json.loads(m["doc"]) == {"code": MBPP["code"], "test_list": MBPP["test_list"],
+                                    "test_setup_code": "", "text": MBPP["text"]}
+    assert verify([g, p, m], [g["answer"], "\\boxed{3/2}", m["answer"]]) == [True, True, True]
+    assert [q["id"] for q in load_queries("mini_math", 3)] == ["mini_math:0", "mini_math:1", "mini_math:2"]
+    with pytest.raises(ValueError, match=r"query source 'math500' is unknown; choose one of \['gsm8k'"):
+        load_queries("math500")
