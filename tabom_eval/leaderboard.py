@@ -3,115 +3,49 @@
     python -m tabom_eval.leaderboard RUN_DIR [--out DIR] [--no-plots] [--allow-missing]
     tabom-leaderboard RUN_DIR ...                       (same, as a console script)
 
-Reads ``RUN_DIR/manifest.json`` (written by ``scripts/train_then_eval.py``) and
-the lm-eval result files it names; writes ``<name>.md`` and, when the data
-exist, ``<name>_tds.png`` (per-step TDS, the paper's Figure 2),
-``<name>_ce.png`` (cross-entropy vs mask ratio, Figure 3) and
-``<name>_lambda.png`` (score and TDS vs the ranking weight λ) into ``--out``
-(default ``leaderboards/``). Every file is written atomically (temporary file in
-the same folder, then ``os.replace``). Imports neither torch nor ``tabom``;
-matplotlib (Agg canvas, no pyplot) is imported only when plotting. The markdown
-tables are built by :mod:`tabom_eval.tables` (table spec -> pandas frame -> markdown).
+Reads ``RUN_DIR/manifest.json`` (written by ``scripts/train_then_eval.py``) and the lm-eval result
+files it names; writes ``<name>.md`` and, when the data exist, ``<name>_tds.png`` (per-step TDS,
+the paper's Figure 2), ``<name>_ce.png`` (CE vs mask ratio, Figure 3) and ``<name>_lambda.png``
+(score and TDS vs the ranking weight λ) into ``--out`` (default ``leaderboards/``), each atomically.
+Imports neither torch nor ``tabom``'s models; matplotlib (Agg, no pyplot) only when plotting. The
+tables are built by :mod:`tabom_eval.tables`.
 
-Manifest format (paths relative to RUN_DIR; ``//`` comments are not JSON)::
+Manifest (paths relative to RUN_DIR; ``//`` comments are not JSON; optional: note, model, family,
+data, decoder, training (dicts), revision (default: git HEAD), date (default: today), ood_extra,
+task_labels, reference ("dream" | "llada": the paper's published rows), tds, ce_curve)::
 
-    {
-      "name": "mini",                          // output file stem: [A-Za-z0-9][A-Za-z0-9._-]*
-      "title": "Mini world: tiny LLaDA (1.36M) on CPU",
-      "note": "Smoke-level run: ...",          // optional: shown as a quote under the title
-      "model": "models/tiny-llada-mini", "family": "llada",     // optional
-      "data": "free text describing the training data",         // optional
-      "decoder": {"order": "confidence", "gen_length": 48},     // optional, any dict
-      "training": {"lora_r": 16, "lr": 2e-4},                   // optional, any dict
-      "revision": "035b64e",    // optional; default `git rev-parse --short HEAD` of the cwd, else "unknown"
-      "date": "2026-11-28",     // optional; default today
-      "domains": {"math": ["mini_math"], "code": ["mini_code"]},  // domain -> in-domain tasks (ordered)
-      "ood_extra": [],          // optional: tasks that are OOD for every domain
-      "task_labels": {"mini_math": "MiniMath"},                 // optional display names
-      "reference": "dream",     // optional: "dream" | "llada": add the paper's published rows
-      "runs": [
-        {"id": "no_sft", "method": "No-SFT", "domain": null, "kind": "main",
-         "results": "eval/no_sft/results.json"},
-        {"id": "tabom_math", "method": "TABOM", "domain": "math", "kind": "main", "results": "..."},
-        {"id": "no_sft_k2", "method": "No-SFT", "domain": null, "kind": "parallel",
-         "params": {"tokens_per_step": 2}, "results": "..."},
-        {"id": "abl_global_recon", "method": "TABOM", "domain": "math", "kind": "ablation",
-         "params": {"window_mode": "global", "lambda": 0}, "results": "..."},
-        {"id": "grid_l1_m0.2", "method": "TABOM", "domain": "math", "kind": "grid",
-         "params": {"lambda": 1, "margin": 0.2}, "results": "..."},
-        {"id": "win_16", "method": "TABOM", "domain": "math", "kind": "window",
-         "params": {"window": 16}, "results": "..."},
-        {"id": "lam_1_s0", "method": "TABOM", "domain": "math", "kind": "lambda",
-         "params": {"lambda": 1.0}, "seed": 0, "results": "...",
-         "samples": "samples/lam_1_s0.json", "tds": "tds/lam_1_s0.json"}
-      ],
-      "tds": [{"method": "Base", "dataset": "mini_math", "file": "tds/base_math.json",
-               "seed": 0}],                                                     // optional; seed optional
-      "ce_curve": "tds/ce_mask_ratio.json"                                              // optional
-    }
+    {"name": "mini",                 // output file stem: [A-Za-z0-9][A-Za-z0-9._-]*
+     "title": "Mini world: tiny LLaDA (1.36M) on CPU",
+     "domains": {"math": ["mini_math"], "code": ["mini_code"]},  // domain -> in-domain tasks
+     "runs": [{"id": "no_sft", "method": "No-SFT", "domain": null, "kind": "main",
+               "results": "eval/no_sft/results.json"},
+              {"id": "lam_1_s0", "method": "TABOM", "domain": "math", "kind": "lambda",
+               "params": {"lambda": 1.0}, "seed": 0, "results": "...",
+               "samples": "samples/lam_1_s0.json", "tds": "tds/lam_1_s0.json"}],
+     "tds": [{"method": "Base", "dataset": "mini_math", "file": "tds/base_math.json", "seed": 0}],
+     "ce_curve": "tds/ce_mask_ratio.json"}
 
-Rules (violations raise ``ValueError``, missing files ``FileNotFoundError``;
-messages name the file, the run id / task and the rule):
+Rules (``ValueError`` / ``FileNotFoundError`` naming the file, the run or task and the rule):
 
-* ``kind`` is one of main, parallel, ablation, grid, window, lambda. A run with
-  ``domain: null`` is the baseline (No-SFT) of its kind: at most one per kind
-  (per ``tokens_per_step`` for parallel runs); it is the reference row of every
-  domain. Other runs name a domain of ``domains``; ablation/grid/window/lambda
-  runs must name one. At most one main run per (method, domain).
-* Seeds: optional run field ``"seed": int`` (absent/null = a single run). Runs
-  with equal (kind, method, domain, params) form one *group* (one table row);
-  they must all carry distinct integer seeds (a duplicate (group, seed), or a
-  second run of a group without seeds, is an error). The rules above count
-  groups, not runs. A group's score is the mean over its seeds.
-* Per-sample data: optional run field ``"samples": "samples/<name>.json"``::
+* ``kind``: one of ``KINDS``; params: parallel ``tokens_per_step`` (int >= 1); ablation
+  ``window_mode`` (global|local), ``lambda`` (>= 0) and optional ``pad_keep`` (int >= 0 or null);
+  grid ``lambda``, ``margin``; window ``window`` (int >= 1); lambda ``lambda`` (>= 0).
+* ``domain: null``: the baseline (No-SFT) of its kind (one per kind, per ``tokens_per_step``),
+  the reference row of every domain; ablation/grid/window/lambda runs name a domain. At most one
+  main run per (method, domain). ``method``: one of ``METHOD_ORDER`` (tds entries: Base or a
+  trained method), matched exactly.
+* Runs with equal (kind, method, domain, params) are one *group* (one row, the mean over seeds)
+  and need distinct integer ``seed``s; so do ``tds`` entries of one (method, dataset).
+* Result files report ``score,none`` (finite) for every task of the run's table;
+  ``score_stderr,none``: a number >= 0, ``"N/A"`` or absent.
+* ``samples`` file: ``{"tasks": {task: {"doc_id": [int], "score": [float], "out": [hash]}}}``:
+  deltas vs the baseline are then paired by doc_id (``tabom_eval.stats``: 95% paired-bootstrap
+  interval and p); otherwise a delta is the difference of the rounded numbers shown.
+* TDS file: ``{"tds", "tds_stderr"?, "per_step"?}``; CE file: ``{"mask_ratios", "sd", "gt", "n"}``.
+* ``--allow-missing``: a missing file or task shows ``–`` (or drops the CE section / pairing).
 
-      {"tasks": {"<task>": {"doc_id": [int, ...], "score": [float, ...],
-                            "out": ["<8-hex hash of the response>", ...]}}}
-
-  (three equally long non-empty lists, unique doc_ids, any order). Deltas vs the
-  baseline become paired when both sides have samples for the task: problems are
-  matched by doc_id (different doc_id sets, also between the seeds of a group,
-  are refused), each problem's score is its mean over seeds, and
-  ``tabom_eval.stats`` gives the 95% paired-bootstrap interval and p (exact
-  McNemar for single 0/1 runs, sign-flip test otherwise; averages: stratified).
-  Without samples a delta stays the bare difference of the rounded numbers.
-* Optional run field ``"tds": "tds/<file>.json"`` (TDS file of that adapter, the
-  format of ``tabom.tds``): shown in the λ table (mean over seeds ± se).
-* Tasks a result file must contain (``results[task]["score,none"]``):
-  main and ablation runs: every task of their table (the domain's in-domain
-  tasks, the other domains' tasks, ``ood_extra``; the baseline: all of them);
-  parallel runs: every task of ``domains`` (``ood_extra`` columns are shown only
-  when some parallel run has them); grid and window runs: their domain's
-  in-domain tasks; lambda runs: their domain's in-domain tasks.
-  ``score_stderr,none`` may be a number >= 0, ``"N/A"`` or absent; a NaN / null
-  score or stderr is refused (naming the file, run and task).
-* ``method``: one of ``METHOD_ORDER`` (No-SFT, then the label of every method
-  of ``tabom.methods``: SFT-GT, SFT-SD, dInfer, T3D, TABOM); a ``tds`` entry's:
-  Base or one of the trained methods. Labels are
-  matched exactly; an unknown one is refused with the accepted names.
-* params: parallel ``tokens_per_step`` (int); ablation ``window_mode``
-  (global|local), ``lambda`` (number, 0 = trajectory masking only) and optional
-  ``pad_keep`` (int >= 0: EOS padding kept after the first EOS; null: all
-  padding kept); grid ``lambda`` and ``margin``; window ``window`` (int);
-  lambda ``lambda`` (number >= 0, the ranking weight; the smallest value is the
-  reference of the paired deltas).
-* ``tds`` entries may carry ``"seed"``: entries of one (method, dataset) need
-  distinct integer seeds and are averaged (se: sd across seeds / sqrt(seeds)).
-* TDS file: ``{"tds": float, "tds_stderr": float (optional), "per_step":
-  [float|null, ...] (optional), "n_trajectories": int}``. CE file:
-  ``{"mask_ratios": [...], "sd": [...], "gt": [...], "n": int}`` (same lengths).
-* ``--allow-missing``: a missing result/TDS file, or a task missing from a result
-  file, shows ``–`` instead of failing (a missing CE file drops that section; a
-  missing samples file makes that run's deltas unpaired).
-
-Numbers: scores in percent with 2 decimals, ``score ± stderr``; the delta after a
-score is the difference of the two *displayed* (rounded) numbers, so every table
-is self-consistent (as in the paper). Averages are plain means of the task
-scores (no stderr), ``–`` when a task is missing. Paired deltas are
-``(+x.xx [lo, hi] p=0.xx)`` in points, ``*`` when the 95% interval excludes 0.
-The header states n per task, the seeds, how they are pooled, the minimum
-detectable effect at 80% power and the measured SE of a paired in-domain
-difference. Output is deterministic (fixed resampling seed).
+Numbers: percent with 2 decimals, ``score ± stderr``; deltas are differences of the displayed
+numbers; paired: ``(+x.xx [lo, hi] p=0.xx)`` in points, ``*`` when the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -131,45 +65,21 @@ from pathlib import Path
 
 from tabom.methods import labels as _method_labels
 
-__all__ = [
-    "KINDS",
-    "Manifest",
-    "RunEntry",
-    "TdsEntry",
-    "METHOD_ORDER",
-    "PAPER_REFERENCE",
-    "build_leaderboard",
-    "load_ce",
-    "load_manifest",
-    "load_results",
-    "load_run_tds",
-    "load_samples",
-    "load_tds",
-    "main",
-    "paper_column",
-    "plot_ce",
-    "plot_lambda",
-    "plot_tds",
-    "render_markdown",
-    "validate_manifest",
-]
+__all__ = ["KINDS", "Manifest", "RunEntry", "TdsEntry", "METHOD_ORDER", "PAPER_REFERENCE", "build_leaderboard",
+           "load_ce", "load_manifest", "load_results", "load_run_tds", "load_samples", "load_tds", "main",
+           "paper_column", "plot_ce", "plot_lambda", "plot_tds", "render_markdown", "validate_manifest"]
 
 KINDS = ("main", "parallel", "ablation", "grid", "window", "lambda")
-# the training methods' labels, in table order, from the registry (tabom/methods);
-# also: the accepted run methods
+# the accepted run methods, in table order: the baseline, then the labels of tabom/methods' registry
 METHOD_ORDER = ("No-SFT",) + tuple(_method_labels().values())
 TDS_METHOD_ORDER = ("Base", _method_labels()["sft_sd"], _method_labels()["tabom"])  # the paper's Figure 2 first
-# Method labels a ``tds`` entry may carry: the base model, or a trained method.
 TDS_METHODS = ("Base",) + tuple(m for m in METHOD_ORDER if m != "No-SFT")
 DASH = "–"
 GENERATED_LINE = ("Generated by `python -m tabom_eval.leaderboard <run_dir>` from lm-eval result "
                   "files; do not edit by hand.")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-# ---------------------------------------------------------------------------
-# The paper's published numbers (percent): tabom_eval/paper_reference.yaml
-# (the transcription and its conventions are described in that file).
-# ---------------------------------------------------------------------------
+# --- The paper's published numbers (percent; transcription and conventions: the YAML file)
 PAPER_REFERENCE_FILE = Path(__file__).with_name("paper_reference.yaml")
 
 
@@ -182,17 +92,13 @@ def _load_paper_reference(path: Path = PAPER_REFERENCE_FILE) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must be a mapping of model keys")
     for ref, spec in data.items():
-        for key in ("model", "parallel"):
-            if key not in (spec or {}):
-                raise ValueError(f"{path}: '{ref}' needs '{key}'")
-        tables = [t for k, t in spec.items() if k not in ("model", "parallel")]
-        tables += list((spec["parallel"] or {}).values())
-        for t in tables:
+        if missing := [key for key in ("model", "parallel") if key not in (spec or {})]:
+            raise ValueError(f"{path}: '{ref}' needs '{missing[0]}'")
+        for t in [t for k, t in spec.items() if k not in ("model", "parallel")] + [*(spec["parallel"] or {}).values()]:
             cols = t.get("columns") or [*t.get("in_domain", []), "avg", *t.get("ood", []), "avg"]
             for method, row in t.get("rows", {}).items():
-                if not isinstance(row, list) or len(row) != len(cols) \
-                        or not all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
-                                for v in row):
+                if not (isinstance(row, list) and len(row) == len(cols)
+                        and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)):
                     raise ValueError(f"{path}: '{ref}' {t.get('table')} row '{method}' must list "
                                      f"{len(cols)} numbers (or null)")
     return data
@@ -200,27 +106,19 @@ def _load_paper_reference(path: Path = PAPER_REFERENCE_FILE) -> dict:
 
 PAPER_REFERENCE: dict = _load_paper_reference()
 
-# our task name prefix -> paper column
-_PAPER_PREFIXES = (("tabom_gsm8k", "gsm8k"), ("tabom_math500", "math500"),
-                   ("tabom_humaneval", "humaneval"), ("tabom_mbpp", "mbpp"),
-                   ("tabom_ifeval", "ifeval"))
+_PAPER_COLUMNS = ("gsm8k", "math500", "humaneval", "mbpp", "ifeval")  # our task names: tabom_<column>...
 
 
 def paper_column(task: str) -> str | None:
     """The paper's benchmark column for one of our task names (prefix match), else None."""
-    for prefix, col in _PAPER_PREFIXES:
-        if task.startswith(prefix):
-            return col
-    return None
+    return next((col for col in _PAPER_COLUMNS if task.startswith(f"tabom_{col}")), None)
 
 
-# ---------------------------------------------------------------------------
-# Loading and validation
-# ---------------------------------------------------------------------------
+# --- Loading and validation
 
-def _load_json(path: Path, what: str):
+def _load_json(path: Path, what: str, hint: str = ""):
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
+        raise FileNotFoundError(f"{path}: {what} not found{hint}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -238,28 +136,23 @@ def _str_list(x) -> bool:
 
 def _canon(v):
     """Params in a canonical form (numbers as floats) so that 0 and 0.0 group together."""
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    if isinstance(v, (int, float)):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
-    if isinstance(v, dict):
-        return {str(k): _canon(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_canon(x) for x in v]
-    return str(v)
+    if isinstance(v, (dict, list)):
+        return {str(k): _canon(x) for k, x in v.items()} if isinstance(v, dict) else [_canon(x) for x in v]
+    return v if v is None or isinstance(v, (bool, str)) else str(v)
 
 
-def _did_you_mean(name: str, accepted) -> str:
-    """' (did you mean 'X'?)' for a label that differs from an accepted one in case,
-    punctuation or a typo; '' otherwise."""
+def _unknown_method(name: str, accepted) -> str:
+    """'unknown method X (did you mean 'Y'?) (accepted: ...)'; the hint for a label that differs from an
+    accepted one in case, punctuation or a typo."""
     import difflib
 
-    def norm(x):
-        return re.sub(r"[^a-z0-9]", "", x.lower())
-
-    same = [a for a in accepted if norm(a) == norm(name)]
-    close = same or difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    norm = re.sub(r"[^a-z0-9]", "", name.lower())
+    close = ([a for a in accepted if re.sub(r"[^a-z0-9]", "", a.lower()) == norm]
+             or difflib.get_close_matches(name, accepted, n=1, cutoff=0.6))
+    return (f"unknown method {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f" (accepted: {', '.join(accepted)}; labels are matched exactly)")
 
 
 def _group_key(run: dict) -> tuple:
@@ -277,6 +170,34 @@ def _describe(run: dict) -> str:
     if kind == "grid":
         return f"grid run for domain '{dom}' with lambda={_num(params['lambda'])}, margin={_num(params['margin'])}"
     return f"{kind} {run['method']} run for domain '{dom}' with params {_compact(params) or '{}'}"
+
+
+def _is_int(v, lo=-math.inf) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _opt_int(v) -> bool:
+    return v is None or _is_int(v)
+
+
+def _nonneg(v) -> bool:
+    return _is_num(v) and v >= 0
+
+
+# kind -> [(param, check of params.get(param), message)]
+_PARAM_RULES = {
+    "parallel": [("tokens_per_step", lambda v: _is_int(v, 1),
+                  "a parallel run needs params.tokens_per_step (a positive int)")],
+    "ablation": [("window_mode", lambda v: v in ("global", "local"),
+                  "an ablation run needs params.window_mode 'global' or 'local'"),
+                 ("lambda", _nonneg, "an ablation run needs params.lambda (a number >= 0)"),
+                 ("pad_keep", lambda v: v is None or _is_int(v, 0),
+                  ("params.pad_keep must be an int >= 0 (EOS padding tokens kept after the first EOS) or null "
+                   "(all padding kept)"))],
+    "lambda": [("lambda", _nonneg, "a lambda run needs params.lambda (the ranking weight, a number >= 0)")],
+    "grid": [(k, _is_num, f"a grid run needs numeric params.{k}") for k in ("lambda", "margin")],
+    "window": [("window", lambda v: _is_int(v, 1), "a window run needs params.window (a positive int)")],
+}
 
 
 @dataclass(frozen=True)
@@ -306,8 +227,7 @@ class RunEntry:
             if not isinstance(run.get(key), str) or not run.get(key):
                 bad(f"{where}: needs a string '{key}'")
         if run["method"] not in METHOD_ORDER:
-            bad(f"{where}: unknown method {run['method']!r}{_did_you_mean(run['method'], METHOD_ORDER)} "
-                f"(accepted: {', '.join(METHOD_ORDER)}; labels are matched exactly)")
+            bad(f"{where}: {_unknown_method(run['method'], METHOD_ORDER)}")
         kind = run["kind"]
         if kind not in KINDS:
             bad(f"{where}: unknown kind '{kind}' (allowed: {', '.join(KINDS)})")
@@ -316,40 +236,16 @@ class RunEntry:
         dom = run["domain"]
         if dom is not None and dom not in domains:
             bad(f"{where}: domain '{dom}' is not a key of 'domains' ({', '.join(domains)})")
-        params = run.get("params", {})
-        if params is None:
-            params = {}
+        params = {} if run.get("params") is None else run["params"]
         if not isinstance(params, dict):
             bad(f"{where}: 'params' must be an object")
         if kind in ("ablation", "grid", "window", "lambda") and dom is None:
             bad(f"{where}: a {kind} run must name its training domain")
-        if kind == "parallel":
-            k = params.get("tokens_per_step")
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                bad(f"{where}: a parallel run needs params.tokens_per_step (a positive int)")
-        elif kind == "ablation":
-            if params.get("window_mode") not in ("global", "local"):
-                bad(f"{where}: an ablation run needs params.window_mode 'global' or 'local'")
-            if not _is_num(params.get("lambda")) or params["lambda"] < 0:
-                bad(f"{where}: an ablation run needs params.lambda (a number >= 0)")
-            if "pad_keep" in params:
-                pk = params["pad_keep"]
-                if pk is not None and (not isinstance(pk, int) or isinstance(pk, bool) or pk < 0):
-                    bad(f"{where}: params.pad_keep must be an int >= 0 (EOS padding tokens kept after the "
-                        "first EOS) or null (all padding kept)")
-        elif kind == "lambda":
-            if not _is_num(params.get("lambda")) or params["lambda"] < 0:
-                bad(f"{where}: a lambda run needs params.lambda (the ranking weight, a number >= 0)")
-        elif kind == "grid":
-            for key in ("lambda", "margin"):
-                if not _is_num(params.get(key)):
-                    bad(f"{where}: a grid run needs numeric params.{key}")
-        elif kind == "window":
-            w = params.get("window")
-            if not isinstance(w, int) or isinstance(w, bool) or w < 1:
-                bad(f"{where}: a window run needs params.window (a positive int)")
+        for key, ok, msg in _PARAM_RULES.get(kind, ()):
+            if not ok(params.get(key)):
+                bad(f"{where}: {msg}")
         seed = run.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        if not _opt_int(seed):
             bad(f"{where}: 'seed' must be an integer (the training seed) or null/absent for a single run")
         for key in ("samples", "tds"):
             if run.get(key) is not None and (not isinstance(run[key], str) or not run[key]):
@@ -359,8 +255,7 @@ class RunEntry:
 
     @property
     def group_key(self) -> tuple:
-        return _group_key({"kind": self.kind, "method": self.method, "domain": self.domain,
-                           "params": self.params})
+        return _group_key(vars(self))
 
 
 @dataclass(frozen=True)
@@ -378,13 +273,20 @@ class TdsEntry:
                                               for k in ("method", "dataset", "file")):
             bad(f"tds[{i}] must be an object with string 'method', 'dataset' and 'file'")
         if e["method"] not in TDS_METHODS:
-            bad(f"tds[{i}] (dataset '{e['dataset']}'): unknown method {e['method']!r}"
-                f"{_did_you_mean(e['method'], TDS_METHODS)} (accepted: {', '.join(TDS_METHODS)}; "
-                "labels are matched exactly)")
+            bad(f"tds[{i}] (dataset '{e['dataset']}'): {_unknown_method(e['method'], TDS_METHODS)}")
         seed = e.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        if not _opt_int(seed):
             bad(f"tds[{i}]: 'seed' must be an integer or null/absent")
         return cls(method=e["method"], dataset=e["dataset"], file=e["file"], seed=seed)
+
+
+# top-level keys: (key, accepted types, what it must be)
+_KEY_TYPES = (("title", str, "a string"), ("note", (str, type(None)), "a string (shown under the title)"),
+              ("decoder", dict, "an object"), ("training", dict, "an object"),
+              ("ce_curve", (str, type(None)), "a path string"),
+              ("eval_model_args", (str, type(None)), "a string (the evaluation's model_args)"))
+_OPTIONAL_KEYS = ("ce_curve", "model", "family", "data", "decoder", "training", "revision", "date", "note",
+                  "eval_model_args")
 
 
 @dataclass(frozen=True)
@@ -424,10 +326,9 @@ class Manifest:
                 bad(f"missing required key '{key}'")
         if not isinstance(manifest["name"], str) or not _NAME_RE.match(manifest["name"]):
             bad(f"'name' must be a file stem matching {_NAME_RE.pattern}, got {manifest['name']!r}")
-        if not isinstance(manifest["title"], str):
-            bad("'title' must be a string")
-        if manifest.get("note") is not None and not isinstance(manifest["note"], str):
-            bad("'note' must be a string (shown under the title)")
+        for key, typ, msg in _KEY_TYPES:
+            if key in manifest and not isinstance(manifest[key], typ):
+                bad(f"'{key}' must be {msg}")
         domains = manifest["domains"]
         if not isinstance(domains, dict) or not domains:
             bad("'domains' must be a non-empty object: domain -> list of in-domain task names")
@@ -450,20 +351,13 @@ class Manifest:
         labels = manifest.get("task_labels", {})
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
             bad("'task_labels' must be an object: task -> display name")
-        for key in ("decoder", "training"):
-            if key in manifest and not isinstance(manifest[key], dict):
-                bad(f"'{key}' must be an object")
         ref = manifest.get("reference")
         if ref is not None and ref not in PAPER_REFERENCE:
             bad(f"'reference' must be one of {sorted(PAPER_REFERENCE)} or absent, got {ref!r}")
 
         if not isinstance(manifest["runs"], list):
             bad("'runs' must be a list")
-        runs = []
-        ids = set()
-        groups: dict[tuple, tuple] = {}
-        baselines: dict[tuple, str] = {}
-        mains: dict[tuple, str] = {}
+        runs, ids, groups, firsts = [], set(), {}, {}  # groups: key -> (first run, {seed: run}); firsts: unique keys
         for i, raw in enumerate(manifest["runs"]):
             run = RunEntry.parse(raw, i, domains, bad)
             runs.append(run)
@@ -484,28 +378,18 @@ class Manifest:
                 seeds[seed] = rid
                 continue
             groups[gkey] = (rid, {seed: rid})
-            if kind == "grid":
-                key = ("grid", dom, params["lambda"], params["margin"])
-                if key in mains:
-                    bad(f"{where}: a second grid run for domain '{dom}' with lambda={_num(params['lambda'])}, "
-                        f"margin={_num(params['margin'])} after '{mains[key]}'")
-                mains[key] = rid
-            if dom is None:
-                key = (kind, params.get("tokens_per_step") if kind == "parallel" else None)
-                if key in baselines:
-                    bad(f"{where}: a second domain-null (baseline) {kind} run after '{baselines[key]}'")
-                baselines[key] = rid
-            elif kind == "main":
-                key = (run.method, dom)
-                if key in mains:
-                    bad(f"{where}: a second main {run.method} run for domain '{dom}' after '{mains[key]}'")
-                mains[key] = rid
+            if dom is None or kind in ("grid", "main"):  # one baseline per kind, main per method, grid per cell
+                key = (kind, dom, params.get("tokens_per_step") if kind == "parallel" else None,
+                       run.method if kind == "main" and dom is not None else None,
+                       (params["lambda"], params["margin"]) if kind == "grid" else None)
+                if key in firsts:
+                    bad(f"{where}: a second {_describe(raw)} after '{firsts[key]}'")
+                firsts[key] = rid
 
         raw_tds = manifest.get("tds", [])
         if not isinstance(raw_tds, list):
             bad("'tds' must be a list")
-        tds = []
-        pairs: dict[tuple, set] = {}
+        tds, pairs = [], {}
         for i, e in enumerate(raw_tds):
             entry = TdsEntry.parse(e, i, bad)
             seen_seeds = pairs.setdefault((entry.method, entry.dataset), set())
@@ -515,11 +399,6 @@ class Manifest:
                     + " (entries of one (method, dataset) need distinct integer 'seed's)")
             seen_seeds.add(entry.seed)
             tds.append(entry)
-        ce = manifest.get("ce_curve")
-        if ce is not None and not isinstance(ce, str):
-            bad("'ce_curve' must be a path string")
-        if manifest.get("eval_model_args") is not None and not isinstance(manifest["eval_model_args"], str):
-            bad("'eval_model_args' must be a string (the evaluation's model_args)")
         sel = manifest.get("selection")
         if sel is not None:
             need = ("method", "param", "task", "values", "scores", "chosen", "n")
@@ -530,16 +409,11 @@ class Manifest:
         return cls(name=manifest["name"], title=manifest["title"],
                    domains={d: list(t) for d, t in domains.items()}, runs=tuple(runs),
                    ood_extra=tuple(extra), task_labels=dict(labels), reference=ref, tds=tuple(tds),
-                   ce_curve=ce, model=manifest.get("model"), family=manifest.get("family"),
-                   data=manifest.get("data"), decoder=manifest.get("decoder"),
-                   training=manifest.get("training"), revision=manifest.get("revision"),
-                   date=manifest.get("date"), note=manifest.get("note"),
-                   eval_model_args=manifest.get("eval_model_args"), selection=sel)
+                   selection=sel, **{k: manifest.get(k) for k in _OPTIONAL_KEYS})
 
 
 def validate_manifest(manifest: dict, source: str = "manifest.json") -> Manifest:
-    """Check the manifest's structure (``Manifest.parse``); raise ValueError naming ``source`` and the
-    rule. Returns the parsed ``Manifest``."""
+    """The parsed ``Manifest``; ValueError naming ``source`` and the rule when the structure is wrong."""
     return Manifest.parse(manifest, source)
 
 
@@ -567,8 +441,7 @@ def _columns(manifest: dict, domain: str | None) -> tuple[list[str], list[str]]:
 def _required_tasks(manifest: dict, run: dict) -> list[str]:
     kind, dom = run["kind"], run["domain"]
     if kind in ("main", "ablation"):
-        ind, ood = _columns(manifest, dom)
-        return ind + ood
+        return [t for part in _columns(manifest, dom) for t in part]
     if kind == "parallel":
         return _all_tasks(manifest)
     return list(manifest["domains"][dom])  # grid, window, lambda
@@ -580,12 +453,10 @@ def _check_result(res, path: Path, run: dict, required: list[str], allow_missing
         raise ValueError(f"{where}: not an lm-eval result file (no 'results' object; expected the "
                          "dict lm_eval.simple_evaluate returns, dumped as JSON)")
     table = res["results"]
-    for task in required:
-        if task not in table:
-            if allow_missing:
-                continue
-            raise ValueError(f"{where}: task '{task}' missing from 'results' (a {run['kind']} run must "
-                             f"report every task of its table: {', '.join(required)})")
+    missing = [task for task in required if task not in table]
+    if missing and not allow_missing:
+        raise ValueError(f"{where}: task '{missing[0]}' missing from 'results' (a {run['kind']} run must "
+                         f"report every task of its table: {', '.join(required)})")
     for task, metrics in table.items():
         if not isinstance(metrics, dict):
             raise ValueError(f"{where}: results['{task}'] must be an object of metrics")
@@ -604,19 +475,15 @@ def _check_result(res, path: Path, run: dict, required: list[str], allow_missing
 
 def load_results(run_dir, manifest: dict, allow_missing: bool = False) -> dict:
     """{run id: lm-eval result dict, or None for a missing file under ``allow_missing``}."""
-    run_dir = Path(run_dir)
     out = {}
     for run in manifest["runs"]:
-        path = run_dir / run["results"]
-        if not path.is_file():
-            if allow_missing:
-                out[run["id"]] = None
-                continue
-            raise FileNotFoundError(f"{path}: result file of run '{run['id']}' not found (every run in "
-                                    "manifest.json must have its lm-eval results; --allow-missing shows –)")
-        res = _load_json(path, f"result file of run '{run['id']}'")
+        path = Path(run_dir) / run["results"]
+        if not path.is_file() and allow_missing:
+            out[run["id"]] = None
+            continue
+        out[run["id"]] = res = _load_json(path, f"result file of run '{run['id']}'", " (every run in "
+                                          "manifest.json must have its lm-eval results; --allow-missing shows –)")
         _check_result(res, path, run, _required_tasks(manifest, run), allow_missing)
-        out[run["id"]] = res
     return out
 
 
@@ -641,18 +508,13 @@ def _read_tds(path: Path, what: str) -> dict:
 def load_tds(run_dir, manifest: dict, allow_missing: bool = False) -> list[dict]:
     """The manifest's TDS entries, each ``{"method", "dataset", "seed", "tds", "tds_stderr", "per_step"}``
     (one per file; ``render_markdown`` and ``plot_tds`` average the seeds of a (method, dataset))."""
-    run_dir = Path(run_dir)
     out = []
     for e in manifest.get("tds", []):
-        path = run_dir / e["file"]
-        entry = {"method": e["method"], "dataset": e["dataset"], "seed": e.get("seed"), "tds": None,
-                 "tds_stderr": None, "per_step": []}
-        what = f"TDS file of ({e['method']}, {e['dataset']})"
-        if not path.is_file() and allow_missing:
-            out.append(entry)
-            continue
-        entry.update(_read_tds(path, what))
-        out.append(entry)
+        path = Path(run_dir) / e["file"]
+        out.append({"method": e["method"], "dataset": e["dataset"], "seed": e.get("seed"), "tds": None,
+                    "tds_stderr": None, "per_step": []})
+        if path.is_file() or not allow_missing:
+            out[-1].update(_read_tds(path, f"TDS file of ({e['method']}, {e['dataset']})"))
     return out
 
 
@@ -681,12 +543,12 @@ def _check_samples(data, path: Path, run_id: str) -> dict:
         if not isinstance(rec, dict):
             raise ValueError(f"{w} must be an object with lists 'doc_id', 'score' and 'out'")
         docs, score, outs = rec.get("doc_id"), rec.get("score"), rec.get("out")
-        if not (isinstance(docs, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in docs)):
-            raise ValueError(f"{w}: 'doc_id' must be a list of integers")
-        if not _num_list(score, allow_null=False):
-            raise ValueError(f"{w}: 'score' must be a list of numbers")
-        if not (isinstance(outs, list) and all(isinstance(o, str) for o in outs)):
-            raise ValueError(f"{w}: 'out' must be a list of strings (hashes of the responses)")
+        for ok, msg in ((isinstance(docs, list) and all(map(_is_int, docs)), "'doc_id' must be a list of integers"),
+                        (_num_list(score, allow_null=False), "'score' must be a list of numbers"),
+                        (isinstance(outs, list) and all(isinstance(o, str) for o in outs),
+                         "'out' must be a list of strings (hashes of the responses)")):
+            if not ok:
+                raise ValueError(f"{w}: {msg}")
         if not (len(docs) == len(score) == len(outs)) or not docs:
             raise ValueError(f"{w}: 'doc_id', 'score' and 'out' must be non-empty and equally long "
                              f"(got {len(docs)}, {len(score)}, {len(outs)})")
@@ -708,10 +570,9 @@ def load_samples(run_dir, manifest: dict, allow_missing: bool = False) -> dict:
 
 def load_ce(run_dir, manifest: dict, allow_missing: bool = False) -> dict | None:
     """The CE-vs-mask-ratio curve ``{"mask_ratios", "sd", "gt", "n"}``, or None when absent."""
-    rel = manifest.get("ce_curve")
-    if rel is None:
+    if manifest.get("ce_curve") is None:
         return None
-    path = Path(run_dir) / rel
+    path = Path(run_dir) / manifest["ce_curve"]
     if not path.is_file() and allow_missing:
         return None
     data = _load_json(path, "CE curve file")
@@ -725,31 +586,18 @@ def load_ce(run_dir, manifest: dict, allow_missing: bool = False) -> dict | None
     return data
 
 
-# ---------------------------------------------------------------------------
-# Scores and groups (the tables are tabom_eval/tables.py's)
-# ---------------------------------------------------------------------------
+# --- Scores and groups (the tables are tabom_eval/tables.py's)
 
 def _score(results: dict, run, task: str):
     """(mean score, stderr, sd over seeds, seeds) as fractions for a run or a group of seed runs,
     or None when every run / file / task is missing. One run: (score, stderr or None, None, 1);
     several: (mean, None, sample sd across seeds, S)."""
-    group = _as_group(run)
-    if not group:
-        return None
-    vals = []
-    for r in group:
-        res = results.get(r["id"])
-        if not isinstance(res, dict):
-            continue
-        m = res.get("results", {}).get(task)
-        if not isinstance(m, dict) or not _is_num(m.get("score,none")):
-            continue
-        se = m.get("score_stderr,none")
-        vals.append((m["score,none"], se if _is_num(se) else None))
-    if not vals:
-        return None
-    if len(vals) == 1:
-        return vals[0][0], vals[0][1], None, 1
+    ms = [res.get("results", {}).get(task) for r in _as_group(run) or []
+          if isinstance(res := results.get(r["id"]), dict)]
+    vals = [(m["score,none"], m.get("score_stderr,none") if _is_num(m.get("score_stderr,none")) else None)
+            for m in ms if isinstance(m, dict) and _is_num(m.get("score,none"))]
+    if len(vals) <= 1:
+        return (*vals[0], None, 1) if vals else None
     xs = [v for v, _ in vals]
     return sum(xs) / len(xs), None, statistics.stdev(xs), len(xs)
 
@@ -768,50 +616,40 @@ def _groups(manifest: dict, kind: str, domain=...) -> list[list[dict]]:
 
 
 def _compact(d: dict) -> str:
-    parts = []
-    for k, v in d.items():
-        parts.append(f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}")
-    return ", ".join(parts)
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}" for k, v in d.items())
 
 
 def _num(x) -> str:
     return f"{x:g}"
 
 
-def _group_tds(run_tds: dict, group) -> tuple | None:
-    """(mean TDS over seeds, its se, seeds) of a group's adapter, or None. One seed: the file's
-    ``tds_stderr``; several: the sd across seeds / sqrt(seeds)."""
-    vals = [run_tds[r["id"]] for r in group if r["id"] in run_tds]
-    if not vals:
-        return None
+def _seed_mean(vals: list[dict]) -> tuple | None:
+    """(mean TDS, its se, seeds) of TDS dicts, or None: one seed: its ``tds_stderr``; several: the sd
+    across seeds / sqrt(seeds)."""
     xs = [v["tds"] for v in vals]
-    if len(xs) == 1:
-        return xs[0], vals[0].get("tds_stderr"), 1
+    if len(xs) <= 1:
+        return (xs[0], vals[0].get("tds_stderr"), 1) if xs else None
     return sum(xs) / len(xs), statistics.stdev(xs) / math.sqrt(len(xs)), len(xs)
+
+
+def _group_tds(run_tds: dict, group) -> tuple | None:
+    return _seed_mean([run_tds[r["id"]] for r in group if r["id"] in run_tds])
 
 
 def _lambda_series(manifest: dict, results: dict, run_tds: dict | None) -> list[dict]:
     """Per domain with lambda runs: λ values (sorted) with in-domain avg score and TDS (for the plot)."""
     out = []
-    for dom in manifest["domains"]:
+    for dom, tasks in manifest["domains"].items():
         groups = sorted(_groups(manifest, "lambda", dom), key=lambda g: g[0]["params"]["lambda"])
-        if not groups:
-            continue
-        tasks = manifest["domains"][dom]
-        s = {"domain": dom, "groups": groups, "lambda": [], "score": [], "score_sd": [], "tds": [], "tds_se": []}
+        tds = [_group_tds(run_tds or {}, g) for g in groups]
+        s = {"domain": dom, "groups": groups, "lambda": [g[0]["params"]["lambda"] for g in groups], "score": [],
+             "score_sd": [], "tds": [td and td[0] for td in tds], "tds_se": [td and td[1] for td in tds]}
         for g in groups:
-            s["lambda"].append(g[0]["params"]["lambda"])
-            per_seed = []
-            for r in g:
-                scs = [_score(results, r, t) for t in tasks]
-                if all(scs):
-                    per_seed.append(sum(x[0] for x in scs) / len(scs) * 100)
+            per_seed = [sum(x[0] for x in scs) / len(scs) * 100 for r in g
+                        if all(scs := [_score(results, r, t) for t in tasks])]
             s["score"].append(sum(per_seed) / len(per_seed) if per_seed else None)
             s["score_sd"].append(statistics.stdev(per_seed) if len(per_seed) > 1 else None)
-            td = _group_tds(run_tds or {}, g)
-            s["tds"].append(td[0] if td else None)
-            s["tds_se"].append(td[1] if td else None)
-        out.append(s)
+        out += [s] if groups else []
     return out
 
 
@@ -826,62 +664,54 @@ def _merge_tds(tds: list[dict]) -> list[dict]:
             out.append(dict(es[0], seeds=1))
             continue
         vals = [e for e in es if e.get("tds") is not None]
-        entry = {"method": method, "dataset": dataset, "tds": None, "tds_stderr": None, "per_step": [],
-                 "seeds": len(vals)}
-        if vals:
-            xs = [e["tds"] for e in vals]
-            entry["tds"] = sum(xs) / len(xs)
-            entry["tds_stderr"] = (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1
-                                   else vals[0].get("tds_stderr"))
-            width = max(len(e.get("per_step") or []) for e in vals)
-            per_step = []
-            for i in range(width):
-                col = [e["per_step"][i] for e in vals
-                       if i < len(e.get("per_step") or []) and e["per_step"][i] is not None]
-                per_step.append(sum(col) / len(col) if col else None)
-            entry["per_step"] = per_step
-        out.append(entry)
+        td = _seed_mean(vals) or (None, None)
+        steps = [e.get("per_step") or [] for e in vals]
+        cols = [[s[i] for s in steps if i < len(s) and s[i] is not None]
+                for i in range(max(map(len, steps), default=0))]
+        out.append({"method": method, "dataset": dataset, "tds": td[0], "tds_stderr": td[1],
+                    "per_step": [sum(c) / len(c) if c else None for c in cols], "seeds": len(vals)})
     return out
+
+
+def _by_order(methods: list, order: tuple):
+    """Sort key of a method: its place in ``order`` (others last), then its first place in ``methods``."""
+    pos: dict = {}
+    for i, m in enumerate(methods):
+        pos.setdefault(m, i)
+    return lambda m: (order.index(m) if m in order else len(order), pos.get(m, 0))
 
 
 def _tds_methods(tds: list[dict]) -> list[str]:
     """Methods of the TDS entries: Base, SFT-SD, TABOM, then the others in manifest order."""
-    pos = {}
-    for i, e in enumerate(tds):
-        pos.setdefault(e["method"], i)
-    return sorted(pos, key=lambda m: (TDS_METHOD_ORDER.index(m) if m in TDS_METHOD_ORDER
-                                      else len(TDS_METHOD_ORDER), pos[m]))
+    methods = [e["method"] for e in tds]
+    return sorted(dict.fromkeys(methods), key=_by_order(methods, TDS_METHOD_ORDER))
 
 
 def render_markdown(manifest: dict, results: dict, tds: list[dict] | None = None,
                     ce: dict | None = None, images: dict | None = None, samples: dict | None = None,
                     run_tds: dict | None = None) -> str:
-    """The leaderboard markdown.
-
-    ``results``: {run id: lm-eval result dict or None}; missing runs/tasks render as ``–``
-    (``build_leaderboard`` checks completeness first). ``tds``: ``load_tds`` entries.
-    ``ce``: ``load_ce``'s dict. ``images``: {"tds"|"ce"|"lambda": relative PNG path} to link.
-    ``samples``: ``load_samples``'s dict (paired deltas; without it every delta is unpaired).
-    ``run_tds``: ``load_run_tds``'s dict (TDS of lambda runs).
-    ``date``/``revision`` come from the manifest (defaults: today, "unknown").
-    """
+    """The leaderboard markdown from the loaders' outputs: missing runs/tasks render as ``–``;
+    ``images``: {"tds"|"ce"|"lambda": PNG path to link}; without ``samples`` every delta is unpaired."""
     from .tables import Ctx, render
 
     validate_manifest(manifest)
     return render(Ctx(manifest, results, samples, run_tds), tds, ce, images)
 
 
-# ---------------------------------------------------------------------------
-# Plots (matplotlib's Agg canvas, imported lazily; no pyplot, no global backend change)
-# ---------------------------------------------------------------------------
+# --- Plots (matplotlib's Agg canvas, imported lazily; no pyplot, no global backend change)
 
-def _new_figure():
+def _new_figure(n: int = 1):
+    """(figure on an Agg canvas, its ``n`` side-by-side axes)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)
-    return fig
+    return fig, [fig.add_subplot(1, n, i + 1) for i in range(n)]
+
+
+def _nan(xs) -> list:
+    return [float("nan") if v is None else v for v in xs]
 
 
 def _finish(fig, path, panels, **legend) -> bool:
@@ -896,32 +726,22 @@ def _finish(fig, path, panels, **legend) -> bool:
     return True
 
 
-def _has_curve(e: dict) -> bool:
-    return any(v is not None for v in e.get("per_step") or [])
-
-
 def plot_tds(tds: list[dict], path, task_labels: dict | None = None) -> bool:
     """Figure 2: per-step TDS, one line per (method, dataset) (seeds averaged per step).
     False (nothing written) without data."""
     tds = _merge_tds(tds)
-    curves = [e for e in tds if _has_curve(e)]
+    curves = [e for e in tds if any(v is not None for v in e.get("per_step") or [])]
     if not curves:
         return False
     from matplotlib.ticker import MaxNLocator
 
-    labels = task_labels or {}
-    methods = _tds_methods(tds)
-    datasets = list(dict.fromkeys(e["dataset"] for e in tds))
-    curves.sort(key=lambda e: (methods.index(e["method"]), datasets.index(e["dataset"])))
-    styles = ("-", "--", ":", "-.")
-    fig = _new_figure()
-    ax = fig.add_subplot(1, 1, 1)
-    for e in curves:
-        ys = [float("nan") if v is None else v for v in e["per_step"]]
-        ax.plot(range(1, len(ys) + 1), ys, marker=".", linewidth=1.2,
+    methods, datasets = _tds_methods(tds), list(dict.fromkeys(e["dataset"] for e in tds))
+    fig, (ax,) = _new_figure()
+    for e in sorted(curves, key=lambda e: (methods.index(e["method"]), datasets.index(e["dataset"]))):
+        ax.plot(range(1, len(e["per_step"]) + 1), _nan(e["per_step"]), marker=".", linewidth=1.2,
                 color=f"C{methods.index(e['method']) % 10}",
-                linestyle=styles[datasets.index(e["dataset"]) % len(styles)],
-                label=f"{e['method']} – {labels.get(e['dataset'], e['dataset'])}")
+                linestyle=("-", "--", ":", "-.")[datasets.index(e["dataset"]) % 4],
+                label=f"{e['method']} – {(task_labels or {}).get(e['dataset'], e['dataset'])}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Trajectory Discrimination Score per decoding step")
     return _finish(fig, path, [(ax, "decoding step", "TDS (entropy variance over masked positions)")], fontsize=8)
@@ -932,9 +752,8 @@ def plot_lambda(series: list[dict], path) -> bool:
     (``series``: ``_lambda_series``'s list). False (nothing written) without data."""
     if not any(v is not None for s in series for v in s["score"] + s["tds"]):
         return False
-    fig = _new_figure()
-    panels = ((fig.add_subplot(1, 2, 1), "score", "score_sd", "in-domain avg score (%)"),
-              (fig.add_subplot(1, 2, 2), "tds", "tds_se", "TDS"))
+    fig, axes = _new_figure(2)
+    panels = tuple(zip(axes, ("score", "tds"), ("score_sd", "tds_se"), ("in-domain avg score (%)", "TDS")))
     for i, s in enumerate(series):
         for ax, key, err, _ in panels:
             pts = [(lam, v, e) for lam, v, e in zip(s["lambda"], s[key], s[err]) if v is not None]
@@ -951,18 +770,14 @@ def plot_ce(ce: dict | None, path) -> bool:
     """Figure 3: base-model CE vs mask ratio, SD vs GT. False (nothing written) without data."""
     if not ce:
         return False
-    fig = _new_figure()
-    ax = fig.add_subplot(1, 1, 1)
+    fig, (ax,) = _new_figure()
     for key, label in (("sd", "self-distilled (SD)"), ("gt", "ground truth (GT)")):
-        ys = [float("nan") if v is None else v for v in ce[key]]
-        ax.plot(ce["mask_ratios"], ys, marker="o", label=label)
+        ax.plot(ce["mask_ratios"], _nan(ce[key]), marker="o", label=label)
     ax.set_title("Base-model cross-entropy vs mask ratio")
     return _finish(fig, path, [(ax, "mask ratio", "cross-entropy per token")])
 
 
-# ---------------------------------------------------------------------------
-# Files and CLI
-# ---------------------------------------------------------------------------
+# --- Files and CLI
 
 def _git_revision() -> str:
     try:
@@ -988,43 +803,30 @@ def _write_atomic(path: Path, write, mode: str = "w") -> None:
 
 def build_leaderboard(run_dir, out_dir="leaderboards", plots: bool = True,
                       allow_missing: bool = False) -> list[Path]:
-    """Write ``<name>.md`` (+ ``<name>_tds.png``, ``<name>_ce.png``, ``<name>_lambda.png`` when data
-    exist); return the paths."""
+    """Write ``<name>.md`` (+ ``<name>_{tds,ce,lambda}.png`` when the data exist); return the paths."""
     run_dir = Path(run_dir)
     manifest = dict(load_manifest(run_dir))
-    results = load_results(run_dir, manifest, allow_missing)
-    tds = load_tds(run_dir, manifest, allow_missing)
-    ce = load_ce(run_dir, manifest, allow_missing)
-    samples = load_samples(run_dir, manifest, allow_missing)
-    run_tds = load_run_tds(run_dir, manifest, allow_missing)
-    if not manifest.get("revision"):
-        manifest["revision"] = _git_revision()
-    if not manifest.get("date"):
-        manifest["date"] = _dt.date.today().isoformat()
-    # render once before writing anything: errors (e.g. mismatched doc_ids) leave no partial output
+    results, tds, ce, samples, run_tds = (load(run_dir, manifest, allow_missing) for load in (
+        load_results, load_tds, load_ce, load_samples, load_run_tds))
+    manifest["revision"] = manifest.get("revision") or _git_revision()
+    manifest["date"] = manifest.get("date") or _dt.date.today().isoformat()
     from .tables import Ctx, render
 
     validate_manifest(manifest)
     ctx = Ctx(manifest, results, samples, run_tds)
-    render(ctx, tds, ce, None)
-    out = Path(out_dir)
+    render(ctx, tds, ce, None)  # fails before anything is written (e.g. mismatched doc_ids)
+    out, name = Path(out_dir), manifest["name"]
     out.mkdir(parents=True, exist_ok=True)
-    name = manifest["name"]
     written, images = [], {}
-    if plots:
-        if plot_tds(tds, out / f"{name}_tds.png", manifest.get("task_labels")):
-            images["tds"] = f"{name}_tds.png"
-            written.append(out / f"{name}_tds.png")
-        if plot_ce(ce, out / f"{name}_ce.png"):
-            images["ce"] = f"{name}_ce.png"
-            written.append(out / f"{name}_ce.png")
-        if plot_lambda(_lambda_series(manifest, results, run_tds), out / f"{name}_lambda.png"):
-            images["lambda"] = f"{name}_lambda.png"
-            written.append(out / f"{name}_lambda.png")
-    md = out / f"{name}.md"
+    for key, plot in (("tds", lambda p: plot_tds(tds, p, manifest.get("task_labels"))),
+                      ("ce", lambda p: plot_ce(ce, p)),
+                      ("lambda", lambda p: plot_lambda(_lambda_series(manifest, results, run_tds), p))):
+        if plots and plot(out / f"{name}_{key}.png"):
+            images[key] = f"{name}_{key}.png"
+            written.append(out / images[key])
     text = render(ctx, tds, ce, images)
-    _write_atomic(md, lambda f: f.write(text))
-    return [md, *written]
+    _write_atomic(out / f"{name}.md", lambda f: f.write(text))
+    return [out / f"{name}.md", *written]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1042,8 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"tabom-leaderboard: error: {e}", file=sys.stderr)
         return 1
-    for p in paths:
-        print(p)
+    print(*paths, sep="\n")
     return 0
 
 

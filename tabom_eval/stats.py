@@ -30,17 +30,8 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = [
-    "PairedDelta",
-    "bootstrap_interval",
-    "mcnemar_exact",
-    "mde",
-    "mde_unpaired",
-    "paired_delta",
-    "paired_delta_avg",
-    "per_problem_mean",
-    "sign_flip_p",
-]
+__all__ = ["PairedDelta", "bootstrap_interval", "mcnemar_exact", "mde", "mde_unpaired", "paired_delta",
+           "paired_delta_avg", "per_problem_mean", "sign_flip_p"]
 
 _CHUNK_ELEMENTS = 2_000_000  # resamples are drawn in chunks of about this many numbers
 
@@ -84,10 +75,10 @@ def _is_binary(x) -> bool:
     return bool(np.all((arr == 0) | (arr == 1)))
 
 
-def _chunks(total: int, width: int):
+def _chunked(total: int, width: int, draw) -> np.ndarray:
+    """``draw(m)`` (m values from m x width random numbers) over chunks, concatenated: ``total`` values."""
     step = max(1, _CHUNK_ELEMENTS // max(1, width))
-    for start in range(0, total, step):
-        yield min(step, total - start)
+    return np.concatenate([np.empty(0)] + [draw(min(step, total - start)) for start in range(0, total, step)])
 
 
 def mcnemar_exact(n01: int, n10: int) -> float:
@@ -113,12 +104,7 @@ def _bootstrap_means(strata: list[np.ndarray], n_boot: int, seed: int) -> np.nda
         if np.ptp(d) == 0:  # every resample has the same mean
             total += d[0]
             continue
-        out, pos = np.empty(n_boot), 0
-        for m in _chunks(n_boot, n):
-            idx = rng.integers(0, n, size=(m, n))
-            out[pos:pos + m] = d[idx].mean(axis=1)
-            pos += m
-        total += out
+        total += _chunked(n_boot, n, lambda m, d=d, n=n: d[rng.integers(0, n, size=(m, n))].mean(axis=1))
     return total / len(strata)
 
 
@@ -138,12 +124,8 @@ def _sign_flip(strata: list[np.ndarray], n_perm: int, seed: int) -> float:
     rng = np.random.default_rng(seed)
     stat = np.zeros(n_perm)
     for w, d in zip(weights, strata):
-        out, pos = np.empty(n_perm), 0
-        for m in _chunks(n_perm, len(d)):
-            signs = rng.integers(0, 2, size=(m, len(d)), dtype=np.int8) * 2 - 1
-            out[pos:pos + m] = signs @ d
-            pos += m
-        stat += w * out
+        stat += w * _chunked(n_perm, len(d),
+                             lambda m, d=d: (rng.integers(0, 2, size=(m, len(d)), dtype=np.int8) * 2 - 1) @ d)
     count = int(np.sum(np.abs(stat) >= observed - tol))
     return (1 + count) / (1 + n_perm)
 
@@ -154,12 +136,22 @@ def sign_flip_p(d, n_perm: int = 10000, seed: int = 0) -> float:
     return _sign_flip([np.asarray(d, dtype=float)], n_perm, seed)
 
 
-def _se(d: np.ndarray) -> float:
-    return float(np.std(d, ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-
-
 def _sd(d: np.ndarray) -> float:
     return float(np.std(d, ddof=1)) if len(d) > 1 else float("nan")
+
+
+def _se(d: np.ndarray) -> float:
+    return _sd(d) / math.sqrt(len(d))
+
+
+def _means(a, b, task=None):
+    """(per-problem means of a and b, seeds of a and b); the two must cover the same number of problems."""
+    (am, sa), (bm, sb) = (per_problem_mean(x, name if task is None else f"{name}[{task}]")
+                          for x, name in ((a, "a"), (b, "b")))
+    if len(am) != len(bm):
+        raise ValueError(("" if task is None else f"task {task}: ")
+                         + f"a and b must score the same problems: {len(am)} vs {len(bm)}")
+    return am, bm, sa, sb
 
 
 def paired_delta(a, b, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05,
@@ -168,10 +160,7 @@ def paired_delta(a, b, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05,
 
     ``a``: the method, shape ``[n]`` or ``[S, n]``; ``b``: the baseline, ``[n]`` or ``[S', n]``.
     """
-    am, sa = per_problem_mean(a, "a")
-    bm, sb = per_problem_mean(b, "b")
-    if len(am) != len(bm):
-        raise ValueError(f"a and b must score the same problems: {len(am)} vs {len(bm)}")
+    am, bm, sa, sb = _means(a, b)
     d = am - bm
     n = len(d)
     lo, hi = bootstrap_interval(d, n_boot, seed, alpha)
@@ -203,10 +192,7 @@ def paired_delta_avg(pairs, n_boot: int = 10000, seed: int = 0, alpha: float = 0
         raise ValueError("paired_delta_avg needs at least one (a, b) pair")
     strata, seeds = [], 1
     for t, (a, b) in enumerate(pairs):
-        am, sa = per_problem_mean(a, f"a[{t}]")
-        bm, sb = per_problem_mean(b, f"b[{t}]")
-        if len(am) != len(bm):
-            raise ValueError(f"task {t}: a and b must score the same problems: {len(am)} vs {len(bm)}")
+        am, bm, sa, sb = _means(a, b, t)
         strata.append(am - bm)
         seeds = max(seeds, sa, sb)
     T = len(strata)

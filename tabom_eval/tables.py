@@ -19,34 +19,22 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .leaderboard import (DASH, GENERATED_LINE, KINDS, METHOD_ORDER, PAPER_REFERENCE, _all_tasks, _as_group,
+from .leaderboard import (DASH, GENERATED_LINE, KINDS, METHOD_ORDER, PAPER_REFERENCE, _all_tasks, _as_group, _by_order,
                           _columns, _compact, _group_tds, _groups, _lambda_series, _merge_tds, _num,
                           _score, _tds_methods, paper_column)
 
 __all__ = ["Ctx", "frame", "markdown", "render", "run_value"]
 
-# ---------------------------------------------------------------------------
-# Cell texts
-# ---------------------------------------------------------------------------
+# --- Cell texts
 
 
 def _pct(x: float) -> str:
     return f"{x * 100:.2f}"
 
 
-def _signed(d: float) -> str:
-    s = f"{d:+.2f}"
-    return "+0.00" if s == "-0.00" else s
-
-
-def _delta(shown: str, base_shown: str) -> str:
-    """' (+1.20)': difference of two displayed 2-decimal numbers."""
-    return f" ({_signed(float(shown) - float(base_shown))})"
-
-
-def _pts(x: float, nd: int = 1) -> str:
-    """Signed percentage points of a fraction with ``nd`` decimals (never -0.0)."""
-    s = f"{x * 100:+.{nd}f}"
+def _signed(d: float, nd: int = 2) -> str:
+    """``d`` signed with ``nd`` decimals, never -0.00."""
+    s = f"{d:+.{nd}f}"
     return f"{0:+.{nd}f}" if float(s) == 0 else s
 
 
@@ -60,63 +48,38 @@ def _fmt_p(p: float) -> str:
 
 def _paired_text(pd) -> str:
     """'+4.00 [+1.3, +6.8] p=0.021' (+ '*' when the interval excludes 0): paired delta in points."""
-    return f"{_signed(pd.delta * 100)} [{_pts(pd.lo)}, {_pts(pd.hi)}] {_fmt_p(pd.p)}"
+    return f"{_signed(pd.delta * 100)} [{_signed(pd.lo * 100, 1)}, {_signed(pd.hi * 100, 1)}] {_fmt_p(pd.p)}"
 
 
 def _mark(pd) -> str:
     return "*" if pd.significant else ""
 
 
-def _mean_shown(scores: list) -> str | None:
-    if not scores or any(s is None for s in scores):
-        return None
-    return f"{sum(s[0] * 100 for s in scores) / len(scores):.2f}"
-
-
 def _label(manifest: dict, task: str) -> str:
     return manifest.get("task_labels", {}).get(task, task)
 
 
-def _method_key(manifest: dict, order=METHOD_ORDER):
-    pos = {}
-    for i, r in enumerate(manifest["runs"]):
-        pos.setdefault(r["method"], i)
-
-    def key(method: str):
-        return (order.index(method) if method in order else len(order), pos.get(method, 0))
-    return key
-
-
 def _baseline(manifest: dict, kind: str, k=None) -> list[dict] | None:
     """The baseline group (domain null) of a kind (parallel: of ``tokens_per_step`` k), or None."""
-    for g in _groups(manifest, kind, None):
-        if kind != "parallel" or g[0]["params"]["tokens_per_step"] == k:
-            return g
-    return None
+    return next((g for g in _groups(manifest, kind, None)
+                 if kind != "parallel" or g[0]["params"]["tokens_per_step"] == k), None)
 
 
 def _same_docs(a, b, task) -> None:
     """Refuse a paired comparison over different problems. a, b: (run id, samples path, doc ids)."""
-    da, db = a[2], b[2]
-    if da == db:
-        return
-    sa, sb = set(da), set(db)
-    raise ValueError(
-        f"{a[1]} (run '{a[0]}') and {b[1]} (run '{b[0]}'): task '{task}': the doc_id sets differ "
-        f"({len(da)} vs {len(db)} problems, {len(sa ^ sb)} doc_ids in only one of them); a paired "
-        "comparison needs per-sample data for the same problems")
+    if a[2] != b[2]:
+        raise ValueError(
+            f"{a[1]} (run '{a[0]}') and {b[1]} (run '{b[0]}'): task '{task}': the doc_id sets differ "
+            f"({len(a[2])} vs {len(b[2])} problems, {len(set(a[2]) ^ set(b[2]))} doc_ids in only one of them); "
+            "a paired comparison needs per-sample data for the same problems")
 
 
 class Ctx:
     """Everything a render needs, plus a cache of the paired statistics (they are costly)."""
 
     def __init__(self, manifest, results, samples=None, run_tds=None):
-        self.m = manifest
-        self.results = results
-        self.samples = samples or {}
-        self.run_tds = run_tds or {}
-        self.unpaired = False  # some delta vs a baseline fell back to the bare difference
-        self.paired_used = False
+        self.m, self.results, self.samples, self.run_tds = manifest, results, samples or {}, run_tds or {}
+        self.unpaired = self.paired_used = False  # some delta vs a baseline was (not) paired
         self._cache: dict = {}
 
     def group_samples(self, group, task):
@@ -126,13 +89,10 @@ class Ctx:
         key = ("s", tuple(r["id"] for r in group or []), task)
         if not group or key in self._cache:
             return self._cache.get(key)
-        recs = []
-        for r in group:
-            s = self.samples.get(r["id"])
-            rec = s["tasks"].get(task) if s else None
-            if rec is None:
-                return self._cache.setdefault(key, None)
-            recs.append((r["id"], s["path"], rec["doc_id"], rec))
+        recs = [(r["id"], s["path"], rec["doc_id"], rec) for r in group
+                if (s := self.samples.get(r["id"])) and (rec := s["tasks"].get(task)) is not None]
+        if len(recs) < len(group):
+            return self._cache.setdefault(key, None)
         for other in recs[1:]:
             _same_docs(recs[0], other, task)
         return self._cache.setdefault(key, (recs[0][2], np.array([r[3]["score"] for r in recs], dtype=float),
@@ -163,9 +123,7 @@ class Ctx:
         return self._cache[key]
 
 
-# ---------------------------------------------------------------------------
-# The one table builder and the one markdown writer
-# ---------------------------------------------------------------------------
+# --- The one table builder and the one markdown writer
 
 def _tasks(col) -> list:
     return list(col) if isinstance(col, tuple) else [col]
@@ -175,7 +133,8 @@ def run_value(ctx: Ctx, group, col) -> tuple:
     """(shown number or None, text after it) of a run group's score: a task (± se, or the sd over
     seeds) or a tuple of tasks (the plain mean of the task scores)."""
     if isinstance(col, tuple):
-        return _mean_shown([_score(ctx.results, group, t) for t in col]), ""
+        scores = [_score(ctx.results, group, t) for t in col]
+        return (None if not scores or None in scores else f"{sum(s[0] * 100 for s in scores) / len(scores):.2f}"), ""
     sc = _score(ctx.results, group, col)
     if sc is None:
         return None, ""
@@ -208,7 +167,8 @@ def frame(ctx: Ctx, rows: list, cols: list, first: str = "Method", base: int | N
             if paired:
                 ctx.paired_used |= pd_ is not None
                 ctx.unpaired |= pd_ is None
-            cells.append(shown + after + (f" ({_paired_text(pd_)}){_mark(pd_)}" if pd_ else _delta(shown, b)))
+            delta = f"({_paired_text(pd_)}){_mark(pd_)}" if pd_ else f"({_signed(float(shown) - float(b))})"
+            cells.append(f"{shown}{after} {delta}")
         data.append(cells)
     df = pd.DataFrame(data, index=[label for label, _ in rows], columns=[h for h, _ in cols], dtype=object)
     df.index.name = first
@@ -247,89 +207,61 @@ def _has_data(df: pd.DataFrame) -> pd.Series:
     return (df != "n/a").any(axis=1)
 
 
-# ---------------------------------------------------------------------------
-# Sections
-# ---------------------------------------------------------------------------
+# --- Sections
 
 def _selection_line(sel: dict) -> str:
     from tabom import methods
 
-    label = methods.labels().get(sel["method"], sel["method"])
     scores = ", ".join(f"{k} → {100 * v:.1f}" for k, v in sel["scores"].items())
-    return (f"Hyperparameter selection: {label} `{sel['param']}` chosen on `{sel['task']}` ({sel['n']} "
-            f"validation problems, never the test split; one training seed per candidate): {scores}; "
-            f"chosen **{sel['chosen']:g}** ({sel.get('rule', 'highest validation score')}). Every other "
-            "training setting is the config's, fixed before the run.")
+    return (f"Hyperparameter selection: {methods.labels().get(sel['method'], sel['method'])} `{sel['param']}` "
+            f"chosen on `{sel['task']}` ({sel['n']} validation problems, never the test split; one training seed "
+            f"per candidate): {scores}; chosen **{sel['chosen']:g}** ({sel.get('rule', 'highest validation score')}). "
+            "Every other training setting is the config's, fixed before the run.")
 
 
 def _header(ctx: Ctx) -> str:
-    manifest = ctx.m
-    lines = [f"# {manifest['title']}", ""]
-    if manifest.get("note"):
-        lines += [f"> {manifest['note']}", ""]
-    if manifest.get("model"):
-        fam = f" ({manifest['family']})" if manifest.get("family") else ""
-        lines.append(f"- Model: `{manifest['model']}`{fam}")
-    elif manifest.get("family"):
-        lines.append(f"- Model family: {manifest['family']}")
-    if manifest.get("data"):
-        lines.append(f"- Data: {manifest['data']}")
-    if manifest.get("eval_model_args"):  # trajectories and evaluation decode differently
-        if manifest.get("decoder"):
-            lines.append(f"- Trajectory decoder (distillation, TDS): `{_compact(manifest['decoder'])}`")
-        lines.append(f"- Evaluation (`tabom_dlm` model_args): `{manifest['eval_model_args']}`")
-    elif manifest.get("decoder"):
-        lines.append(f"- Decoder: `{_compact(manifest['decoder'])}`")
-    if manifest.get("training"):
-        lines.append(f"- Training: `{_compact(manifest['training'])}`")
-    if manifest.get("selection"):
-        lines.append(f"- {_selection_line(manifest['selection'])}")
-    lines.append(f"- Date: {manifest.get('date') or _dt.date.today().isoformat()}")
-    lines.append(f"- Code revision: `{manifest.get('revision') or 'unknown'}`")
-    lines.append(f"- {GENERATED_LINE}")
-    seeds = any(len(g) > 1 for kind in KINDS for g in _groups(manifest, kind))
-    text = "Scores: the lm-eval `score` metric in percent, ± its standard error"
-    if seeds:
-        text += ("; a row trained with several seeds shows `mean (sd x.xx, S seeds)`: the mean over the "
-                 "seeds and the standard deviation across seeds")
-    text += "."
-    if ctx.paired_used:
-        text += (" (+x.xx [lo, hi] p=...): paired change vs No-SFT, computed from per-problem scores "
-                 "matched by doc_id, with its 95% bootstrap interval and p-value; `*`: the interval "
-                 "excludes 0.")
-        if ctx.unpaired:
-            text += (" (+x.xx) alone (unpaired: no per-sample data): the difference of the rounded "
-                     "numbers shown.")
-    else:
-        text += (" (+x.xx): change vs No-SFT, the difference of the rounded numbers shown "
-                 "(unpaired: no per-sample data).")
-    text += " Averages: plain mean of the task scores"
-    text += "; their paired delta is the mean of the per-task deltas." if ctx.paired_used else "."
-    lines += ["", text, "", *_stats_lines(ctx)]
+    m, paired = ctx.m, ctx.paired_used
+    dec, ema = m.get("decoder") and f"`{_compact(m['decoder'])}`", m.get("eval_model_args")
+    items = [(m.get("model"), f"Model: `{m.get('model')}`" + (f" ({m['family']})" if m.get("family") else "")),
+             (not m.get("model") and m.get("family"), f"Model family: {m.get('family')}"),
+             (m.get("data"), f"Data: {m.get('data')}"),
+             (ema and dec, f"Trajectory decoder (distillation, TDS): {dec}"),  # trajectories decode differently
+             (ema, f"Evaluation (`tabom_dlm` model_args): `{ema}`"), (not ema and dec, f"Decoder: {dec}"),
+             (m.get("training"), m.get("training") and f"Training: `{_compact(m['training'])}`"),
+             (m.get("selection"), m.get("selection") and _selection_line(m["selection"])),
+             (True, f"Date: {m.get('date') or _dt.date.today().isoformat()}"),
+             (True, f"Code revision: `{m.get('revision') or 'unknown'}`"), (True, GENERATED_LINE)]
+    seeds = any(len(g) > 1 for kind in KINDS for g in _groups(m, kind))
+    text = ("Scores: the lm-eval `score` metric in percent, ± its standard error"
+            + ("; a row trained with several seeds shows `mean (sd x.xx, S seeds)`: the mean over the "
+               "seeds and the standard deviation across seeds" if seeds else "") + "."
+            + (" (+x.xx [lo, hi] p=...): paired change vs No-SFT, computed from per-problem scores matched by "
+               "doc_id, with its 95% bootstrap interval and p-value; `*`: the interval excludes 0." if paired
+               else " (+x.xx): change vs No-SFT, the difference of the rounded numbers shown (unpaired: no "
+               "per-sample data).")
+            + (" (+x.xx) alone (unpaired: no per-sample data): the difference of the rounded numbers shown."
+               if paired and ctx.unpaired else "")
+            + " Averages: plain mean of the task scores"
+            + ("; their paired delta is the mean of the per-task deltas." if paired else "."))
+    lines = [f"# {m['title']}", "", *([f"> {m['note']}", ""] if m.get("note") else []),
+             *(f"- {line}" for ok, line in items if ok), "", text, "", *_stats_lines(ctx)]
     return "\n".join(lines)
 
 
 def _n_problems(ctx: Ctx, base, task: str):
-    bs = ctx.group_samples(base, task)
-    if bs is not None:
+    if (bs := ctx.group_samples(base, task)) is not None:
         return len(bs[0])
     for r in base or []:
-        res = ctx.results.get(r["id"])
-        n = ((res or {}).get("n-samples") or {}).get(task, {}) if isinstance(res, dict) else {}
+        n = (res.get("n-samples") or {}).get(task, {}) if isinstance(res := ctx.results.get(r["id"]), dict) else {}
         n = n.get("effective") if isinstance(n, dict) else None
         if isinstance(n, int) and n > 0:
             return n
     return None
 
 
-def _median(xs):
-    return statistics.median(xs) if xs else None
-
-
 def _stats_lines(ctx: Ctx) -> list[str]:
     """The header's statistics block: n, seeds, pooling, MDE and the measured SE of a paired difference."""
-    m = ctx.m
-    base = _baseline(m, "main")
+    m, base = ctx.m, _baseline(ctx.m, "main")
     tasks = _all_tasks(m) + list(m.get("ood_extra", []))
     out = ["Statistics:", ""]
     ns = {t: _n_problems(ctx, base, t) for t in tasks}
@@ -342,34 +274,21 @@ def _stats_lines(ctx: Ctx) -> list[str]:
                "p: exact McNemar for single runs, sign-flip test on per-problem mean differences "
                "otherwise; 10,000 resamples, seed 0. Task averages: mean of the per-task deltas, "
                "problems resampled within each task, stratified sign-flip test.")
-    sds: dict = {t: [] for t in tasks}
-    for dom in m["domains"]:
-        for g in _groups(m, "main", dom):
-            for t in tasks:
-                pd_ = ctx.paired(g, base, [t])
-                if pd_ is not None and math.isfinite(pd_.sd_d):
-                    sds[t].append(pd_.sd_d)
+    sds = {t: [pd_.sd_d for dom in m["domains"] for g in _groups(m, "main", dom)
+               if (pd_ := ctx.paired(g, base, [t])) is not None and math.isfinite(pd_.sd_d)] for t in tasks}
     cells, kinds = [], set()
-    for t in tasks:
-        if not ns[t]:
-            continue
-        if sds[t]:
-            cells.append(f"{_label(m, t)} {stats.mde(_median(sds[t]), ns[t]) * 100:.2f}")
-            kinds.add("paired")
-            continue
-        sc = _score(ctx.results, base, t)
-        if sc is not None:
-            cells.append(f"{_label(m, t)} {stats.mde_unpaired(sc[0], ns[t]) * 100:.2f}")
-            kinds.add("unpaired")
+    for t in (t for t in tasks if ns[t]):
+        sc = None if sds[t] else _score(ctx.results, base, t)
+        if sds[t] or sc is not None:
+            kinds.add("paired" if sds[t] else "unpaired")
+            mde = stats.mde(statistics.median(sds[t]), ns[t]) if sds[t] else stats.mde_unpaired(sc[0], ns[t])
+            cells.append(f"{_label(m, t)} {mde * 100:.2f}")
+    how = {"paired": "paired: from the sd of the per-problem differences vs No-SFT in the main tables, median "
+                     "over methods",
+           "unpaired": "unpaired formula sqrt(2p(1-p)/n) at No-SFT's rate where no per-sample data exist"}
     if cells:
-        how = []
-        if "paired" in kinds:
-            how.append("paired: from the sd of the per-problem differences vs No-SFT in the main "
-                       "tables, median over methods")
-        if "unpaired" in kinds:
-            how.append("unpaired formula sqrt(2p(1-p)/n) at No-SFT's rate where no per-sample data exist")
         out.append("- Minimum detectable effect (80% power, two-sided 5%), points: " + ", ".join(cells)
-                   + f" ({'; '.join(how)}).")
+                   + f" ({'; '.join(v for k, v in how.items() if k in kinds)}).")
     se_parts = []
     for dom, in_tasks in m["domains"].items():
         per = []
@@ -378,28 +297,25 @@ def _stats_lines(ctx: Ctx) -> list[str]:
                    if (pd_ := ctx.paired(g, base, cols)) is not None and math.isfinite(pd_.se)]
             if ses:
                 name = _label(m, cols[0]) if len(cols) == 1 else "in-domain avg"
-                per.append(f"{name} {_median(ses) * 100:.2f}")
+                per.append(f"{name} {statistics.median(ses) * 100:.2f}")
         if per:
             n_methods = sum(1 for g in _groups(m, "main", dom) if ctx.paired(g, base, in_tasks) is not None)
-            se_parts.append(f"trained on {dom}: {', '.join(per)} ({n_methods} method"
-                            f"{'s' if n_methods != 1 else ''})")
+            se_parts.append(f"trained on {dom}: {', '.join(per)} ({n_methods} method{'s' if n_methods != 1 else ''})")
     out.append("- Measured SE of a paired in-domain difference vs No-SFT (median over methods), points: "
                + ("; ".join(se_parts) if se_parts else "not measured (no per-sample data)") + ".")
     return out
 
 
 def _group_name(g: list[dict]) -> str:
-    r = g[0]
-    params = r.get("params") or {}
-    where = f", trained on {r['domain']}" if r["domain"] else ""
-    extra = f", {_compact(params)}" if params else ""
-    return f"{r['method']} {r['kind']} run{where}{extra}"
+    r, params = g[0], g[0].get("params") or {}
+    return (f"{r['method']} {r['kind']} run" + (f", trained on {r['domain']}" if r["domain"] else "")
+            + (f", {_compact(params)}" if params else ""))
 
 
 def _method_rows(ctx: Ctx, kind: str, dom, base=None) -> list:
     """[(method, group)]: the baseline group first (when given), then the kind's groups of ``dom``
     in method order."""
-    key = _method_key(ctx.m)
+    key = _by_order([r["method"] for r in ctx.m["runs"]], METHOD_ORDER)
     groups = sorted((g for g in _groups(ctx.m, kind, dom) if g is not base), key=lambda g: key(g[0]["method"]))
     return [(g[0]["method"], g) for g in ([base] if base else []) + groups]
 
@@ -416,7 +332,7 @@ def _main_table(ctx: Ctx, dom) -> str:
     table = frame(ctx, _method_rows(ctx, "main", dom, base), cols, base=0 if base else None)
     ref = manifest.get("reference")
     return _section(f"## Trained on {dom}", table, _vs_baselines(ctx, dom, cols),
-                    ref and _paper_main(ctx, ref, dom, in_tasks, ood_tasks, cols))
+                    ref and _paper(ctx, ref, dom, cols, in_tasks + ood_tasks, split=(in_tasks, ood_tasks)))
 
 
 def _vs_baselines(ctx: Ctx, dom, cols) -> str | None:
@@ -444,8 +360,7 @@ def _vs_baselines(ctx: Ctx, dom, cols) -> str | None:
 
 def _changed_section(ctx: Ctx) -> str | None:
     """'Outputs changed vs No-SFT': share of responses whose output hash differs from the baseline's."""
-    m = ctx.m
-    base = _baseline(m, "main")
+    m, base = ctx.m, _baseline(ctx.m, "main")
     if base is None:
         return None
 
@@ -471,17 +386,16 @@ def _tds_trend(lams, tds, ses) -> str:
     if len(pts) < 2:
         return "TDS is available for fewer than two λ values, so no trend is reported."
     means = [t for _, t, _ in pts]
-    rising = all(b > a for a, b in zip(means, means[1:]))
     (l0, t0, s0), (l1, t1, s1) = pts[0], pts[-1]
     diff = t1 - t0
+    rising = all(b > a for a, b in zip(means, means[1:]))
     text = (f"TDS {'rises' if rising else 'does not rise monotonically'} with λ "
             f"({' → '.join(f'{t:.3f}' for t in means)} for λ = {', '.join(_num(p[0]) for p in pts)}); "
             f"the difference between λ = {_num(l1)} and λ = {_num(l0)} is {diff:+.3f}")
     if s0 is None or s1 is None:
         return text + " (no standard error available to compare it with)."
     se = math.sqrt(s0 ** 2 + s1 ** 2)
-    verdict = "exceeds" if diff > 2 * se else "does not exceed"
-    return text + f", which {verdict} 2 se ({2 * se:.3f})."
+    return text + f", which {'exceeds' if diff > 2 * se else 'does not exceed'} 2 se ({2 * se:.3f})."
 
 
 def _tds_text(td) -> str:
@@ -492,46 +406,30 @@ def _tds_text(td) -> str:
             + (f" ({td[2]} seeds)" if td[2] > 1 else ""))
 
 
-def _lambda_tables(ctx: Ctx, image: str | None) -> list[str]:
-    m = ctx.m
-    out = []
-    for s in _lambda_series(m, ctx.results, ctx.run_tds):
-        dom, groups = s["domain"], s["groups"]
-        tasks = m["domains"][dom]
-        ref, lam0 = groups[0], _num(s["lambda"][0])
-        ref_avg = run_value(ctx, ref, tuple(tasks))[0]
+def _lambda_table(ctx: Ctx, s: dict, image: str | None) -> str:
+    """The λ table of one ``_lambda_series`` entry."""
+    dom, groups, tasks = s["domain"], s["groups"], ctx.m["domains"][s["domain"]]
+    ref, lam0 = groups[0], _num(s["lambda"][0])
+    ref_avg = run_value(ctx, ref, tuple(tasks))[0]
 
-        def delta(g, ref=ref, ref_avg=ref_avg, tasks=tasks):
-            if g is ref:
-                return "reference"
-            if (pd_ := ctx.paired(g, ref, tasks)) is not None:
-                return f"{_paired_text(pd_)}{_mark(pd_)}"
-            avg = run_value(ctx, g, tuple(tasks))[0]
-            return DASH if avg is None or ref_avg is None else _signed(float(avg) - float(ref_avg)) + " (unpaired)"
+    def delta(g):
+        if g is ref:
+            return "reference"
+        if (pd_ := ctx.paired(g, ref, tasks)) is not None:
+            return f"{_paired_text(pd_)}{_mark(pd_)}"
+        avg = run_value(ctx, g, tuple(tasks))[0]
+        return DASH if avg is None or ref_avg is None else _signed(float(avg) - float(ref_avg)) + " (unpaired)"
 
-        cols = _score_cols(m, tasks) + [(f"Δ in-domain avg vs λ = {lam0}", delta),
+    cols = _score_cols(ctx.m, tasks) + [(f"Δ in-domain avg vs λ = {lam0}", delta),
                                         ("TDS", lambda g: _tds_text(_group_tds(ctx.run_tds, g)))]
-        table = frame(ctx, [(f"λ = {_num(lam)}", g) for g, lam in zip(groups, s["lambda"])], cols, first="λ")
-        out.append(_section(
-            f"## Ranking weight λ (trained on {dom})",
-            f"TABOM trained with different weights λ of the pairwise ranking loss. Scores: mean over "
-            f"seeds; Δ: paired change of the in-domain average vs λ = {lam0} [95% interval] p "
-            "(`*`: the interval excludes 0; \"unpaired\": no per-sample data); TDS of the adapter on "
-            "its in-domain data, mean over seeds ± its standard error (one seed: the file's; several: "
-            "sd across seeds / sqrt(seeds)).", table, _tds_trend(s["lambda"], s["tds"], s["tds_se"]),
-            image and f"![In-domain score and TDS vs λ]({image})"))
-    return out
-
-
-def _paper_table(ref: str, domain: str) -> dict | None:
-    """{"table", "in_domain", "ood", "values": {method: {column|in_avg|ood_avg: value}}}."""
-    spec = PAPER_REFERENCE[ref].get(domain)
-    if spec is None:
-        return None
-    keys = [*spec["in_domain"], "in_avg", *spec["ood"], "ood_avg"]
-    values = {m: dict(zip(keys, row)) for m, row in spec["rows"].items()}
-    return {"table": spec["table"], "in_domain": spec["in_domain"], "ood": spec["ood"],
-            "values": values}
+    return _section(
+        f"## Ranking weight λ (trained on {dom})",
+        f"TABOM trained with different weights λ of the pairwise ranking loss. Scores: mean over seeds; Δ: paired "
+        f"change of the in-domain average vs λ = {lam0} [95% interval] p (`*`: the interval excludes 0; \"unpaired\": "
+        "no per-sample data); TDS of the adapter on its in-domain data, mean over seeds ± its standard error (one "
+        "seed: the file's; several: sd across seeds / sqrt(seeds)).",
+        frame(ctx, [(f"λ = {_num(lam)}", g) for g, lam in zip(groups, s["lambda"])], cols, first="λ"),
+        _tds_trend(s["lambda"], s["tds"], s["tds_se"]), image and f"![In-domain score and TDS vs λ]({image})")
 
 
 def _paper_avg(tasks, published_set: list[str], avg_key: str, values: dict):
@@ -543,77 +441,58 @@ def _paper_avg(tasks, published_set: list[str], avg_key: str, values: dict):
     return f"{sum(values[c] for c in cols) / len(cols):.2f}"
 
 
-def _paper_frame(ctx: Ctx, values: dict, cols: list, avgs: dict | None = None) -> pd.DataFrame:
-    """A published table ({method: {paper column|avg key: number}}) in our columns, with deltas vs
-    No-SFT recomputed from the published numbers."""
+def _paper(ctx: Ctx, ref, dom, cols, tasks, k=None, split=None) -> str:
+    """The paper's published table (main: ``split`` = (in-domain, OOD tasks); parallel: ``k``) in our
+    columns, with deltas vs No-SFT recomputed from the published numbers; or why there is none."""
+    model = PAPER_REFERENCE[ref]["model"]
+    title = f"### Paper (published, {model})"
+    spec = PAPER_REFERENCE[ref]["parallel"].get(dom) if k else PAPER_REFERENCE[ref].get(dom)
+    if k and (spec is None or spec["k"] != k):
+        return f"{title}\n\nThe paper reports parallel decoding (k = 2) only for Dream-7B-Instruct trained on math."
+    if spec is None:
+        return f"{title}\n\nThe paper has no table for models trained on '{dom}' (only math and code)."
+    keys = spec.get("columns") or [*spec["in_domain"], "in_avg", *spec["ood"], "ood_avg"]
+    if not any(paper_column(t) and (not k or paper_column(t) in keys) for t in tasks):
+        return (f"{title}\n\nNo task of this table maps to the paper's benchmarks (GSM8K, MATH500, HumanEval, "
+                f"MBPP{'' if k else ', IFEval'}).")
+    values = {m: dict(zip(keys, row)) for m, row in spec["rows"].items()}
+    avgs = split and {tuple(split[0]): (spec["in_domain"], "in_avg"), tuple(split[1]): (spec["ood"], "ood_avg")}
+
     def value(method, col):
         if isinstance(col, tuple):
             return _paper_avg(col, *avgs[col], values[method]), ""
         v = values[method].get(paper_column(col))
         return (None if v is None else f"{v:.2f}"), ""
 
-    methods = sorted(values, key=_method_key({"runs": []}))
-    return frame(ctx, [(m, m) for m in methods], cols, value=value,
-                 base=methods.index("No-SFT") if "No-SFT" in methods else None)
-
-
-def _paper_title(ref: str) -> str:
-    return f"### Paper (published, {PAPER_REFERENCE[ref]['model']})"
-
-
-_NO_PAPER_TASK = "No task of this table maps to the paper's benchmarks (GSM8K, MATH500, HumanEval, MBPP"
-
-
-def _paper_main(ctx: Ctx, ref, dom, in_tasks, ood_tasks, cols) -> str:
-    title, model = _paper_title(ref), PAPER_REFERENCE[ref]["model"]
-    spec = _paper_table(ref, dom)
-    if spec is None:
-        return f"{title}\n\nThe paper has no table for models trained on '{dom}' (only math and code)."
-    if not any(paper_column(t) for t in in_tasks + ood_tasks):
-        return f"{title}\n\n{_NO_PAPER_TASK}, IFEval)."
-    avgs = {tuple(in_tasks): (spec["in_domain"], "in_avg"), tuple(ood_tasks): (spec["ood"], "ood_avg")}
-    table = _paper_frame(ctx, spec["values"], cols, avgs)
-    return _section(title, f"{spec['table']} of the paper ({model} trained on {dom}); deltas recomputed "
-                    "from the published scores; averages as published when the columns match the paper's.",
-                    table)
+    methods = sorted(values, key=_by_order([], METHOD_ORDER))
+    table = frame(ctx, [(m, m) for m in methods], cols, value=value,
+                  base=methods.index("No-SFT") if "No-SFT" in methods else None)
+    note = (f" ({spec['note']})." if spec.get("note") else ".") if k else \
+        "; averages as published when the columns match the paper's."
+    return _section(title, f"{spec['table']} of the paper ({model} trained on {dom}{f', k = {k}' if k else ''}); "
+                    f"deltas recomputed from the published scores{note}", table)
 
 
 def _parallel_tables(ctx: Ctx) -> list[str]:
-    manifest, results = ctx.m, ctx.results
-    groups = _groups(manifest, "parallel")
-    extra = list(manifest.get("ood_extra", []))
-    out = []
+    m, ref, extra = ctx.m, ctx.m.get("reference"), list(ctx.m.get("ood_extra", []))
+    groups, out = _groups(m, "parallel"), []
     for k in sorted({g[0]["params"]["tokens_per_step"] for g in groups}):
-        base = _baseline(manifest, "parallel", k)
-        group = [g for g in groups if g[0]["params"]["tokens_per_step"] == k]
-        doms = [d for d in manifest["domains"] if any(g[0]["domain"] == d for g in group)]
+        base = _baseline(m, "parallel", k)
+        doms = [d for d in m["domains"] if any(g[0]["domain"] == d and g[0]["params"]["tokens_per_step"] == k
+                                              for g in groups)]
         for dom in doms or [None]:
             rows = [r for r in _method_rows(ctx, "parallel", dom, base)
                     if r[1] is base or r[1][0]["params"]["tokens_per_step"] == k]
-            ind, ood = _columns(manifest, dom)
-            tasks = ind + [t for t in ood if t not in extra] if dom is not None else _all_tasks(manifest)
-            tasks += [t for t in extra if any(_score(results, g, t) for _, g in rows)]
-            cols = [(_label(manifest, t), t) for t in tasks]
-            ref = manifest.get("reference")
+            ind, ood = _columns(m, dom)
+            tasks = ind + [t for t in ood if t not in extra] if dom is not None else _all_tasks(m)
+            tasks += [t for t in extra if any(_score(ctx.results, g, t) for _, g in rows)]
+            cols = [(_label(m, t), t) for t in tasks]
             out.append(_section(
                 f"## Parallel decoding (k = {k})" + (f", trained on {dom}" if dom else ""),
                 f"{k} tokens unmasked per decoding step; deltas vs the No-SFT run decoded the same way.",
                 frame(ctx, rows, cols, base=0 if base else None),
-                ref and dom is not None and _paper_parallel(ctx, ref, dom, k, tasks, cols)))
+                ref and dom is not None and _paper(ctx, ref, dom, cols, tasks, k=k)))
     return out
-
-
-def _paper_parallel(ctx, ref, dom, k, tasks, cols) -> str:
-    title, model = _paper_title(ref), PAPER_REFERENCE[ref]["model"]
-    spec = PAPER_REFERENCE[ref]["parallel"].get(dom)
-    if spec is None or spec["k"] != k:
-        return f"{title}\n\nThe paper reports parallel decoding (k = 2) only for Dream-7B-Instruct trained on math."
-    if not any(paper_column(t) in spec["columns"] for t in tasks):
-        return f"{title}\n\n{_NO_PAPER_TASK})."
-    values = {m: dict(zip(spec["columns"], row)) for m, row in spec["rows"].items()}
-    return _section(title, f"{spec['table']} of the paper ({model} trained on {dom}, k = {k}); deltas "
-                    "recomputed from the published scores" + (f" ({spec['note']})." if spec.get("note") else "."),
-                    _paper_frame(ctx, values, cols))
 
 
 def _ablation_label(params: dict) -> str:
@@ -658,11 +537,10 @@ def _grid_table(ctx: Ctx, dom) -> str | None:
 
     table = frame(ctx, [(f"λ = {_num(lam)}", lam) for lam in sorted({k[0] for k in grid})],
                   [(_num(mg), partial(cell, mg)) for mg in sorted({k[1] for k in grid})], first="λ / margin")
-    base_v = run_value(ctx, base, tasks)[0] if base else None
     return _section(f"## λ × margin grid (trained on {dom})",
                     f"Cell: headline score = mean of the in-domain task scores "
                     f"({', '.join(_label(ctx.m, t) for t in tasks)}), percent.", table,
-                    base and f"{base[0]['method']}: {base_v if base_v is not None else DASH}.")
+                    base and f"{base[0]['method']}: {run_value(ctx, base, tasks)[0] or DASH}.")
 
 
 def _window_table(ctx: Ctx, dom) -> str | None:
@@ -679,15 +557,14 @@ def _tds_section(ctx: Ctx, tds: list[dict], image: str | None) -> str | None:
     by = {(e["method"], e["dataset"]): e for e in tds}
 
     def cell(d, m):
-        e = by.get((m, d))
-        ok = e is not None and e.get("tds") is not None
-        return _tds_text((e["tds"], e.get("tds_stderr"), e.get("seeds", 1))) if ok else DASH
+        e = by.get((m, d)) or {}
+        return DASH if e.get("tds") is None else _tds_text((e["tds"], e.get("tds_stderr"), e.get("seeds", 1)))
 
     datasets = list(dict.fromkeys(e["dataset"] for e in tds))
     table = frame(ctx, [(m, m) for m in _tds_methods(tds)],
                   [(_label(ctx.m, d), partial(cell, d)) for d in datasets])
-    caption = ("TDS: variance of the predictive entropies of the still-masked positions, averaged over "
-               "decoding steps and trajectories; higher = more differentiated entropies (easy-to-hard).")
+    caption = ("TDS: variance of the predictive entropies of the still-masked positions, averaged over decoding steps "
+               "and trajectories; higher = more differentiated entropies (easy-to-hard).")
     if any(e.get("seeds", 1) > 1 for e in tds):
         caption += " With several seeds: mean over seeds ± the sd across seeds / sqrt(seeds)."
     return _section("## Trajectory Discrimination Score", caption, table,
@@ -710,7 +587,7 @@ def render(ctx: Ctx, tds, ce, images) -> str:
     """The leaderboard markdown: the header, then every section that has data."""
     images = images or {}
     sections = [*_per_domain(ctx, _main_table), _changed_section(ctx), *_parallel_tables(ctx),
-                *_per_domain(ctx, _ablation_table), *_per_domain(ctx, _grid_table),
-                *_per_domain(ctx, _window_table), *_lambda_tables(ctx, images.get("lambda")),
+                *(text for f in (_ablation_table, _grid_table, _window_table) for text in _per_domain(ctx, f)),
+                *(_lambda_table(ctx, s, images.get("lambda")) for s in _lambda_series(ctx.m, ctx.results, ctx.run_tds)),
                 _tds_section(ctx, tds or [], images.get("tds")), _ce_section(ctx, ce, images.get("ce"))]
     return "\n\n".join([_header(ctx), *filter(None, sections)]) + "\n"
