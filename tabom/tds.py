@@ -40,14 +40,10 @@ def trajectory_variances(model, record: dict, batch_size: int = 64) -> list[floa
     resp = torch.tensor(record["response_ids"], dtype=torch.long)
     steps = torch.tensor(record["step_map"], dtype=torch.long)
     keep = torch.arange(len(resp)) < stop_length(record["response_ids"], set(model.special_ids.stop_ids))
-    S = int(steps.max()) + 1
-    P = len(prompt)
+    S, P = int(steps.max()) + 1, len(prompt)
     out: list[float | None] = [None] * S
-    todo = []
-    for t in range(S):
-        masked = (steps >= t) & keep
-        if int(masked.sum()) >= 2:
-            todo.append((t, masked))
+    todo = [(t, (steps >= t) & keep) for t in range(S)]
+    todo = [(t, masked) for t, masked in todo if int(masked.sum()) >= 2]
     for i in range(0, len(todo), batch_size):
         chunk = todo[i:i + batch_size]
         K = max(int(m.sum()) for _, m in chunk)
@@ -73,9 +69,8 @@ def tds(model, records, batch_size: int = 64, progress: bool = False) -> dict:
     response_ids, step_map): {"tds", "tds_stderr", "per_step", "n_trajectories"}."""
     from tqdm.auto import tqdm
 
-    per_traj = []
-    for rec in tqdm(list(records), desc="tds", disable=not progress, dynamic_ncols=True):
-        per_traj.append(trajectory_variances(model, rec, batch_size))
+    per_traj = [trajectory_variances(model, rec, batch_size)
+                for rec in tqdm(list(records), desc="tds", disable=not progress, dynamic_ncols=True)]
     if not per_traj:
         raise ValueError("tds: no trajectories given")
     S = max(len(v) for v in per_traj)
@@ -106,11 +101,7 @@ def masked_ce(model, prompt_ids: list[int], responses: list[list[int]], ratio: f
         canvas = left_padded([p for p, _ in rows], responses=[r for _, r in rows], length=G,
                              pad_id=model.special_ids.pad, fill_id=model.special_ids.eos, attend_fill=False)
         x, attn = canvas.ids, canvas.attention_mask
-        masks = []
-        for b, (p, r) in enumerate(rows):
-            k = max(1, round(ratio * len(r)))
-            idx = torch.randperm(len(r), generator=generator)[:k]
-            masks.append(idx)
+        masks = [torch.randperm(len(r), generator=generator)[:max(1, round(ratio * len(r)))] for _, r in rows]
         K = max(len(m) for m in masks)
         rel = torch.zeros(len(rows), K, dtype=torch.long)
         valid = torch.zeros(len(rows), K, dtype=torch.bool)
@@ -138,9 +129,8 @@ def ce_vs_mask_ratio(model, records, ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 
         raise ValueError("ce_vs_mask_ratio: no records given")
     prompts = [r["prompt_ids"] for r in records]
     stops = set(ids.stop_ids)
-    sd = []
-    for r in records:  # the SD answer up to and including its first end token
-        sd.append(list(r["response_ids"][:stop_length(r["response_ids"], stops)]))
+    # the SD answer up to and including its first end token
+    sd = [list(r["response_ids"][:stop_length(r["response_ids"], stops)]) for r in records]
     gt = [model.tokenizer(r["answer"], add_special_tokens=False)["input_ids"] + [end] for r in records]
     res = {"mask_ratios": list(ratios), "sd": [], "gt": [], "sd_stderr": [], "gt_stderr": [],
            "n": len(records)}

@@ -1,23 +1,12 @@
-"""What a training method is, and the registry of them.
+"""What a training method is (:class:`Method`), and the registry of them.
 
-A method is one object (a :class:`Method` subclass instance, registered with
-:func:`register` by its module) that carries everything the rest of the code
-needs to know about it:
-
-* ``name`` (the ``method:`` config value), ``label`` (the name in tables and
-  leaderboards) and ``order`` (its position in every listing);
-* ``data``: what it trains on, ``"sd"`` (the self-distilled trajectories) or
-  ``"gt"`` (the ground-truth answers of the same queries, as SFT-GT);
-* ``Options``: a dataclass of its own config keys (with defaults); the
-  training config is the common keys plus every method's options
-  (:func:`tabom.train.TrainConfig`), so a key shared by two methods is
-  declared by both with the same default;
-* :meth:`Method.validate` (checks of its options), :meth:`Method.check_examples`
-  (checks of the data), :meth:`Method.view` (which response tokens the model
-  sees and which it is scored on) and :meth:`Method.loss` (the loss dict from
-  the forward pass of :class:`Forward`).
-
-The default method config values live in ``configs/methods/<name>.yaml``.
+A method carries ``name`` (the ``method:`` config value), ``label`` (its name
+in tables), ``order`` (its position in every listing), ``data`` (``"sd"``: the
+self-distilled trajectories, ``"gt"``: the ground-truth answers) and
+``Options``, a dataclass of its config keys: the training config is the common
+keys plus every method's options (:class:`tabom.train.TrainConfig`), so a key
+shared by two methods is declared by both with the same default (defaults in
+``configs/methods/<name>.yaml``).
 """
 
 from __future__ import annotations
@@ -31,14 +20,11 @@ DATA_SOURCES = ("sd", "gt")
 
 @dataclass
 class Forward:
-    """One micro-batch after the model's forward pass on the targets of a view.
-
-    ``x``: the model input (masked canvas); ``idx``/``valid`` [B, K]: the
-    packed target positions (response coordinates) and which slots are real;
-    ``tgt`` [B, K]: the target token ids; ``logits`` [B, K, V] at the targets;
-    ``logp_all``: their fp32 log-softmax; ``logp`` [B, K]: log p(target);
-    ``targets`` [B, G]: the view's target mask; ``extra``: what the view
-    passed on (e.g. SFT's mask rate)."""
+    """One micro-batch after the forward pass on a view's targets: ``x`` the
+    masked canvas; ``idx``/``valid``/``tgt`` [B, K] the packed target positions
+    (response coordinates), real slots and token ids; ``logits`` [B, K, V],
+    ``logp_all`` their fp32 log-softmax, ``logp`` log p(target); ``targets``
+    [B, G] the view's mask; ``extra`` what the view passed on."""
 
     model: Any  # the unwrapped DiffusionLM (mask id, adapter switch)
     batch: dict
@@ -58,8 +44,7 @@ class Forward:
         return self.logp.device
 
     @property
-    def stop_lengths(self):
-        """First stop token of each row, inclusive (the row length when none)."""
+    def stop_lengths(self):  # first stop token of each row, inclusive (the row length when none)
         return self.batch.get("stop_lengths", self.batch["lengths"])
 
 

@@ -16,13 +16,10 @@ class T3DOptions(PaddingOptions):
     alpha: float = 0.5
     lambda_path: float = 0.2
     path_k: int = 4  # tokens per path level
-    # decoder block (T3D's block_size = 8): trace masking per block and
-    # ceil(path_block / path_k) path levels per block (T3D: 8 / 4 = 2 levels);
-    # null = the whole canvas as one block (legacy)
+    # T3D's block_size: trace masking and ceil(path_block / path_k) path levels
+    # per block; null = the canvas as one block (legacy)
     path_block: int | None = 8
-    # trace masking: first = mask the earliest-decoded tokens of each block
-    # (T3D's collect_training_data, default) | last = the latest-decoded ones
-    # (legacy; with path_block null a state on the trajectory)
+    # trace masking of the earliest- (first, as T3D) or latest-decoded (legacy) tokens
     t3d_mask_from: str = "first"
     t3d_ratios: list = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
     t3d_ratio_power: float = 8.0

@@ -12,18 +12,11 @@ from .padding import PaddingOptions, validate_padding
 
 @dataclass
 class TABOMOptions(PaddingOptions):
-    # window: ``window`` (absolute w) or ``window_frac`` (w = max(1,
-    # round(window_frac * canvas length)), rounded half up; the paper: w = 32
-    # on a 256-token canvas = 0.125); at most one of the two; neither: w = 32
+    # absolute w or w = max(1, round(window_frac * canvas)); at most one; neither: 32
     window: int | None = None
     window_frac: float | None = None
     window_mode: str = "local"  # local | global
-    # windows that reach the end of the eligible tokens with < w tokens
-    # (paper: "fewer at the end", silent on weighting): weight (default: each
-    # row's reconstruction x |N|/w, the only choice that gives every token past
-    # the first w-1 the same expected weight) | keep (legacy: plain mean, the
-    # last tokens weigh up to H_w x a middle one) | full (only starts with a
-    # full window: both ends down-weighted)
+    # windows cut short at the end: weight (x |N|/w) | keep (legacy) | full
     window_truncated: str = "weight"
     lam: float = 1.0  # ranking weight lambda (0 = reconstruction only)
     margin: float = 0.2  # hinge margin m
