@@ -43,34 +43,19 @@ def _state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def _done_ids(shard_dir: Path) -> set[str]:
+def _read_shards(shard_dir: Path, columns: list[str] | None = None) -> list[dict]:
     import pyarrow.parquet as pq
 
-    done: set[str] = set()
-    for f in sorted(shard_dir.glob("part-*.parquet")):
-        done.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
-    return done
-
-
-def _read_shards(shard_dir: Path) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    rows: list[dict] = []
-    for f in sorted(shard_dir.glob("part-*.parquet")):
-        rows.extend(pq.read_table(f).to_pylist())
-    return rows
+    return [row for f in sorted(shard_dir.glob("part-*.parquet"))
+            for row in pq.read_table(f, columns=columns).to_pylist()]
 
 
 def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch_size: int = 8,
             progress: bool = True, verify_timeout: float = 10.0, system_prompt: str | None = None,
             model_name: str | None = None, seed: int = 0, keep: str = "valid") -> dict:
-    """Decode, verify and store ``queries`` (from :func:`tabom.queries.load_queries`).
-
-    ``decoder``: a :class:`tabom.decoding.DecodeConfig` (default: the family's
-    default decoder at gen_length 256). ``keep="all"`` stores every
-    trajectory in ``trajectories.parquet`` (e.g. held-out sets for TDS), not
-    only the verified ones. Returns the summary dict.
-    """
+    """Decode, verify and store ``queries`` (from :func:`tabom.queries.load_queries`);
+    returns the summary. ``decoder`` defaults to the family's at gen_length 256;
+    ``keep="all"`` stores every trajectory (e.g. held-out sets for TDS)."""
     from tqdm.auto import tqdm
 
     from .decoding import DecodeConfig, encode_prompts, generate
@@ -95,7 +80,7 @@ def distill(model, queries: list[dict], out_dir: str | Path, decoder=None, batch
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
-    done = _done_ids(shard_dir)
+    done = {r["id"] for r in _read_shards(shard_dir, ["id"])}
     rank = process_rank()
     mine = queries[rank::state.num_processes]
     todo = [q for q in mine if q["id"] not in done]
@@ -167,8 +152,7 @@ def finalize(out: Path, queries: list[dict], extra: dict | None = None, keep: st
         s["total"] += 1
         s["valid"] += int(r["correct"])
     summary = {"total": len(ordered), "valid": len(valid), "valid_rate": len(valid) / len(ordered),
-               "kept": keep,
-               "per_source": per_source, **(extra or {})}
+               "kept": keep, "per_source": per_source, **(extra or {})}
     atomic_write_json(out / "summary.json", summary)
     return summary
 

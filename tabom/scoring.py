@@ -5,28 +5,10 @@ self-distillation filter, so the two can never disagree. The decisions are
 the libraries' own: math-verify for MATH, lm-eval's gsm8k filters and
 ``exact_match`` for GSM8K, lm-eval's IFEval instruction checks for IFEval
 (``lm_eval`` and ``math_verify`` are imported lazily, inside the functions).
-
-Sections
---------
-- numbers / mini world: :func:`normalize_number`, :func:`gsm8k_gold`,
-  :func:`extract_gsm8k_strict` (``#### N``), :func:`extract_gsm8k_flexible`
-  (last number), :func:`gsm8k_correct`: the project's own ``#### N`` scorer,
-  kept for ``mini_math`` (and its training queries) so that the committed mini
-  leaderboards keep their scores.
-- GSM8K: :func:`gsm8k_extract` and :func:`gsm8k_scores`: lm-eval's
-  ``strict-match`` / ``flexible-extract`` filters and ``exact_match``, built
-  from the installed lm-eval's ``gsm8k.yaml``.
-- MATH500: :func:`math_parse`, :func:`math_gold`, :func:`math_correct` (``math_verify.parse`` of
-  the raw response, ``math_verify.verify`` against the gold).
-- code: :func:`extract_code`, :func:`humaneval_program`,
-  :func:`humaneval_test_code`, :func:`mbpp_entry_point`, :func:`mbpp_program`,
-  :func:`mbpp_test_code`, :func:`run_tests` (the sandbox of :mod:`tabom.sandbox`),
-  :func:`run_tests_parallel`, :func:`humaneval_run` / :func:`humaneval_correct`,
-  :func:`mbpp_run` / :func:`mbpp_correct`.
-- IFEval: :func:`require_punkt_tab` (NLTK's trained ``punkt_tab``, or a clear
-  error), :func:`ifeval_utils` (lm-eval's module), :func:`ifeval_scores`.
-- records: :func:`require_fields` / :func:`missing_fields` (a record without the
-  field a scorer needs is refused, never scored 0 or passed silently).
+:func:`gsm8k_correct` is the project's own ``#### N`` scorer, kept for
+``mini_math`` so that the committed mini leaderboards keep their scores. The
+code sandbox is :mod:`tabom.sandbox`; a record without the field a scorer needs
+is refused (:func:`require_fields`), never scored 0 or passed silently.
 """
 
 from __future__ import annotations
@@ -59,9 +41,7 @@ __all__ = [
     "missing_fields", "require_fields",
 ]
 
-# =====================================================================
-# Records: the fields a scorer needs
-# =====================================================================
+# ============================================================ Records: the fields a scorer needs
 
 def _absent(value) -> bool:
     """None, an empty / blank string, or an empty list: no usable value."""
@@ -82,13 +62,8 @@ def missing_fields(record, fields: Iterable[str]) -> list[str]:
 
 
 def require_fields(record, fields: Iterable[str], where: str, why: str = "") -> None:
-    """Raise ``ValueError`` when ``record`` lacks one of ``fields``.
-
-    The message starts with ``where`` (a ``file:line``, a task name), names the
-    missing field(s), what needs them (``why``) and the fields the record has;
-    a record without its gold answer would otherwise score 0 (or, for code
-    without tests, pass) silently.
-    """
+    """Raise ``ValueError`` starting with ``where`` (a ``file:line``, a task name) when
+    ``record`` lacks one of ``fields``, naming them, ``why`` and the fields it has."""
     fields = list(fields)
     missing = missing_fields(record, fields)
     if not missing:
@@ -102,9 +77,7 @@ def require_fields(record, fields: Iterable[str], where: str, why: str = "") -> 
     )
 
 
-# =====================================================================
-# Numbers and GSM8K
-# =====================================================================
+# ============================================================ Numbers and GSM8K
 
 # A number as written in prose: optional sign (not when it follows a word
 # character or closing bracket, so "16-3" is 16 and 3), optional dollar sign,
@@ -165,6 +138,12 @@ def extract_gsm8k_flexible(text: str) -> str | None:
     return normalize_number(matches[-1]) if matches else None
 
 
+def _require_gold(gold, where: str) -> None:
+    if _absent(gold):
+        raise ValueError(f"{where}: gold answer {gold!r} is empty; the record needs an "
+                         "'answer' (ending in '#### N', or the bare number)")
+
+
 def _gold_number(gold: str) -> str | None:
     gold = str(gold)
     return gsm8k_gold(gold) if "####" in gold else (normalize_number(gold) or gold.strip())
@@ -174,15 +153,11 @@ def gsm8k_correct(response: str, gold: str, mode: str = "strict") -> bool:
     """Is ``response`` right? ``gold`` is the record's whole answer field (ending
     in ``#### N``) or the bare number. ``mode``: ``"strict"`` (the ``#### N``
     line) or ``"flexible"`` (the last number in the response)."""
-    if mode == "strict":
-        pred = extract_gsm8k_strict(response)
-    elif mode == "flexible":
-        pred = extract_gsm8k_flexible(response)
-    else:
+    extract = {"strict": extract_gsm8k_strict, "flexible": extract_gsm8k_flexible}.get(mode)
+    if extract is None:
         raise ValueError(f"mode={mode!r} must be 'strict' or 'flexible'")
-    if _absent(gold):
-        raise ValueError(f"gsm8k_correct: gold answer {gold!r} is empty; the record needs an "
-                         "'answer' (ending in '#### N', or the bare number)")
+    pred = extract(response)
+    _require_gold(gold, "gsm8k_correct")
     return pred is not None and pred == _gold_number(gold)
 
 
@@ -211,11 +186,8 @@ def _lm_eval_gsm8k() -> tuple[dict, dict]:
 
 
 def gsm8k_extract(response: str, mode: str = "strict-match") -> str:
-    """The answer lm-eval's gsm8k filter ``mode`` (``"strict-match"``: the
-    number after ``#### ``; ``"flexible-extract"``: the last number) extracts
-    from ``response``, built from lm-eval's filter registry
-    (``RegexFilter`` + ``take_first``) with the regexes of the installed
-    lm-eval's ``gsm8k.yaml``; ``"[invalid]"`` when nothing matches."""
+    """The answer lm-eval's gsm8k filter ``mode`` (of the installed ``gsm8k.yaml``)
+    extracts from ``response``; ``"[invalid]"`` when nothing matches."""
     from lm_eval.api.registry import get_filter
 
     filters, _ = _lm_eval_gsm8k()
@@ -230,14 +202,9 @@ def gsm8k_extract(response: str, mode: str = "strict-match") -> str:
 
 
 def gsm8k_scores(response: str, gold: str) -> dict[str, bool]:
-    """lm-eval's gsm8k metric of ``response`` under both filters:
-    ``{"strict-match": bool, "flexible-extract": bool}``, each the filter's
-    answer (:func:`gsm8k_extract`) against ``gold`` (the record's whole
-    ``answer`` field, or the bare number) by lm-eval's ``exact_match`` with the
-    task's ``regexes_to_ignore`` / ``ignore_case`` settings."""
-    if _absent(gold):
-        raise ValueError(f"gsm8k_scores: gold answer {gold!r} is empty; the record needs an "
-                         "'answer' (ending in '#### N', or the bare number)")
+    """``{filter: bool}``: lm-eval's ``exact_match`` (with the task's settings) of each
+    filter's answer (:func:`gsm8k_extract`) against ``gold`` (whole field or bare number)."""
+    _require_gold(gold, "gsm8k_scores")
     from lm_eval.api.metrics import exact_match_hf_evaluate
 
     _, em_kwargs = _lm_eval_gsm8k()
@@ -246,9 +213,7 @@ def gsm8k_scores(response: str, gold: str) -> dict[str, bool]:
             for mode in GSM8K_FILTERS}
 
 
-# =====================================================================
-# MATH500 (math-verify)
-# =====================================================================
+# ============================================================ MATH500 (math-verify)
 
 # How math-verify reads the gold: a bare final answer (MATH500's ``answer``)
 # between ``$`` delimiters (math-verify's documented form for a gold answer), or
@@ -257,13 +222,14 @@ def gsm8k_scores(response: str, gold: str) -> dict[str, bool]:
 MATH_GOLD_FORMATS = ("answer", "solution")
 
 
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 def _mv_timeout() -> int | None:
     """math-verify's timeouts use signals, which work in the main thread only."""
-    return 5 if _in_main_thread() else None
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+def _check_gold_format(gold_format: str) -> None:
+    if gold_format not in MATH_GOLD_FORMATS:
+        raise ValueError(f"gold_format={gold_format!r} must be one of {MATH_GOLD_FORMATS}")
 
 
 @functools.lru_cache(maxsize=16384)
@@ -274,10 +240,8 @@ def _parse_gold(text: str, timeout: int | None):
 
 
 def math_parse(text: str):
-    """math-verify's ``parse`` of a whole response, with its own default
-    extraction (last ``\\boxed{}`` first, then "final answer is $...$" and other
-    LaTeX / plain expressions) and normalisation; ``[]`` when it finds nothing
-    or fails."""
+    """math-verify's ``parse`` of a whole response (its own extraction and
+    normalisation); ``[]`` when it finds nothing or fails."""
     from math_verify import parse
 
     try:
@@ -289,8 +253,7 @@ def math_parse(text: str):
 def math_gold(gold: str, gold_format: str = "answer"):
     """math-verify's parse of a gold (see :func:`math_correct` for ``gold_format``),
     cached; ``[]`` when it finds no answer in it."""
-    if gold_format not in MATH_GOLD_FORMATS:
-        raise ValueError(f"gold_format={gold_format!r} must be one of {MATH_GOLD_FORMATS}")
+    _check_gold_format(gold_format)
     try:
         return _parse_gold(f"${gold}$" if gold_format == "answer" else str(gold), _mv_timeout())
     except Exception:  # noqa: BLE001 - nothing extracted
@@ -298,16 +261,10 @@ def math_gold(gold: str, gold_format: str = "answer"):
 
 
 def math_correct(response: str, gold: str, gold_format: str = "answer") -> bool:
-    """Is ``response`` right? ``math_verify.verify(parse(gold), parse(response))``
-    on the raw response (no extraction or normalisation of our own).
-
-    ``gold_format``: ``"answer"`` (default): ``gold`` is the bare final answer
-    (MATH500's ``answer`` field, LaTeX without delimiters), given to math-verify
-    as ``$gold$``; ``"solution"``: ``gold`` is a worked solution, parsed as is
-    (its last ``\\boxed{}``; lm-eval's minerva_math ``math_verify`` metric).
-    Any math-verify error counts as wrong."""
-    if gold_format not in MATH_GOLD_FORMATS:
-        raise ValueError(f"gold_format={gold_format!r} must be one of {MATH_GOLD_FORMATS}")
+    """``math_verify.verify(parse(gold), parse(response))`` on the raw response; any
+    math-verify error counts as wrong. ``gold_format``: ``"answer"``, a bare final
+    answer given as ``$gold$``; ``"solution"``, a worked solution parsed as is."""
+    _check_gold_format(gold_format)
     if _absent(gold):
         raise ValueError(f"math_correct: gold {gold_format} {gold!r} is empty; the record needs an "
                          f"{gold_format!r}")
@@ -320,22 +277,25 @@ def math_correct(response: str, gold: str, gold_format: str = "answer") -> bool:
         return False
 
 
-# =====================================================================
-# Code: extraction
-# =====================================================================
+# ============================================================ Code: extraction
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PY_TAGS = {"python", "py", "python3", "py3", "pycon", "ipython"}
 _CODE_START_RE = re.compile(r"^(?:def |async def |class |import |from \S+ import |@)", re.MULTILINE)
 
 
+def _quiet(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` without warnings (invalid escapes etc. in model code)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
 def _parses(code: str) -> bool:
     """Does ``code`` compile? (``compile``, not ``ast.parse``: a top-level
     ``return`` parses but does not compile.)"""
     try:
-        with warnings.catch_warnings():  # invalid escapes etc. in model code: not our concern
-            warnings.simplefilter("ignore")
-            compile(code, "<response>", "exec", dont_inherit=True)
+        _quiet(compile, code, "<response>", "exec", dont_inherit=True)
         return True
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError):
         return False
@@ -346,9 +306,7 @@ def _defines(code: str, name: str | None) -> bool:
     if not name:
         return False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tree = ast.parse(code)
+        tree = _quiet(ast.parse, code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return re.search(rf"^def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
     return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name
@@ -371,18 +329,10 @@ def _salvage_raw(text: str) -> str:
 
 
 def extract_code(response: str, entry_point: str | None = None) -> str:
-    """The program in a model response.
-
-    1. Fenced blocks (```` ```python ```` / ```` ```py ```` first, untagged
-       ```` ``` ```` next; an unterminated last fence runs to the end of the
-       text): the first block that defines ``entry_point`` at top level, else
-       the first block.
-    2. No fence: the raw text when it parses as Python (a full program) or
-       when it does not start like a program (a function body for a
-       completion prompt is returned as is); otherwise the text from its first
-       top-level code line (``def``/``class``/``import``/``from``/``@``), with
-       trailing prose lines dropped until it parses.
-    """
+    """The program in a model response: of the fenced blocks (Python-tagged first,
+    else untagged; an unterminated last fence runs to the end), the first that
+    defines ``entry_point``, else the first. Without a fence: the raw text when it
+    parses, else :func:`_salvage_raw` (a completion's body is returned as is)."""
     text = (response or "").replace("\r\n", "\n")
     blocks = [(lang.lower(), body) for lang, body in _FENCE_RE.findall(text)]
     candidates = [b for lang, b in blocks if lang in _PY_TAGS] or [b for lang, b in blocks if not lang]
@@ -398,16 +348,10 @@ def extract_code(response: str, entry_point: str | None = None) -> str:
 
 
 def humaneval_program(response: str, problem: dict) -> str:
-    """The program that HumanEval's tests run for ``response``.
-
-    - The response (its extracted code) defines the entry point itself: the
-      problem's ``prompt`` followed by that code. The prompt contributes its
-      imports (``from typing import List``) and helper functions; its stub
-      (signature + docstring, a valid function) is simply redefined.
-    - Otherwise it is a completion of the prompt: ``prompt + completion``;
-      a body written without indentation is indented by four spaces when
-      only that makes the program parse.
-    """
+    """The program that HumanEval's tests run for ``response``: the ``prompt`` (its
+    imports and helpers; its stub is redefined) then the code when that defines the
+    entry point, else ``prompt + completion`` (indented by four spaces when only
+    that makes it parse)."""
     prompt, entry = problem["prompt"], problem["entry_point"]
     code = extract_code(response, entry)
     if _defines(code, entry):
@@ -438,9 +382,7 @@ def mbpp_entry_point(problem: dict) -> str | None:
     first test's assertion."""
     tests = "\n".join(problem.get("test_list") or [])
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tree = ast.parse(problem.get("code", "").replace("\r\n", "\n"))
+        tree = _quiet(ast.parse, problem.get("code", "").replace("\r\n", "\n"))
         names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     except (SyntaxError, ValueError):
         names = re.findall(r"^def\s+(\w+)", problem.get("code", ""), re.MULTILINE)
@@ -466,14 +408,7 @@ def mbpp_test_code(problem: dict) -> str:
     return "\n".join(p.replace("\r\n", "\n") for p in parts if p) + "\n"
 
 
-# =====================================================================
-# Code: sandboxed execution
-# =====================================================================
-
-# The sandbox itself lives in tabom.sandbox (parent side) and
-# tabom._sandbox_child (child side, standard library only); run_tests is
-# re-exported here for the tasks and the training code.
-
+# ============================================================ Code: sandboxed execution
 
 def default_workers() -> int:
     """Concurrent sandboxes for :func:`run_tests_parallel`: ``TABOM_CODE_WORKERS``
@@ -485,10 +420,8 @@ def default_workers() -> int:
 
 
 def execute_responses(resps, docs, program_fn, test_fn, timeout: float = 10.0) -> list[dict]:
-    """Run every response's tests in parallel sandboxes; one
-    ``{response, program, passed, result}`` per response (lm-eval ``custom``
-    filters of the code tasks call this, since process_results sees one
-    document at a time)."""
+    """``{response, program, passed, result}`` per response, tests run in parallel
+    sandboxes (for the code tasks' lm-eval ``custom`` filters)."""
     responses = [r[0] if isinstance(r, (list, tuple)) else r for r in resps]
     programs = [program_fn(r, d) for r, d in zip(responses, docs, strict=True)]
     tests = [test_fn(d) for d in docs]
@@ -517,8 +450,7 @@ def humaneval_run(response: str, problem: dict, timeout: float = 10.0) -> dict:
 
 
 def humaneval_correct(response: str, problem: dict, timeout: float = 10.0) -> bool:
-    """Does ``response`` pass the HumanEval problem's tests? ``problem``: a
-    record with ``prompt``, ``entry_point``, ``test``."""
+    """Does ``response`` pass the HumanEval problem's tests?"""
     return humaneval_run(response, problem, timeout)["passed"]
 
 
@@ -528,14 +460,11 @@ def mbpp_run(response: str, problem: dict, timeout: float = 10.0) -> dict:
 
 
 def mbpp_correct(response: str, problem: dict, timeout: float = 10.0) -> bool:
-    """Does ``response`` pass the MBPP problem's ``test_list`` (after its
-    ``test_setup_code``)? ``problem``: a record of the full MBPP config."""
+    """Does ``response`` pass the MBPP problem's tests?"""
     return mbpp_run(response, problem, timeout)["passed"]
 
 
-# =====================================================================
-# IFEval
-# =====================================================================
+# ============================================================ IFEval
 
 # The command that installs NLTK's trained punkt_tab model (needs a network once).
 PUNKT_TAB_COMMAND = 'python -c "import nltk; nltk.download(\'punkt_tab\')"'
@@ -557,11 +486,9 @@ def _punkt_missing_message() -> str:
 
 
 def require_punkt_tab() -> str:
-    """Where NLTK's trained ``punkt_tab`` English model is installed (the
-    folder ``nltk.data.find`` reports); raises :class:`PunktTabMissing`, whose
-    message gives the command that fetches it, when it is not installed.
-    Nothing is downloaded or written: a stand-in model would change
-    ``length_constraints:number_sentences`` and word counts against upstream."""
+    """Where NLTK's trained ``punkt_tab`` English model is installed, else
+    :class:`PunktTabMissing` with the command that fetches it. Nothing is
+    downloaded: a stand-in model would change sentence and word counts."""
     import nltk
 
     try:
@@ -599,16 +526,10 @@ def ifeval_utils():
 
 
 def ifeval_scores(response: str, doc: dict) -> dict:
-    """IFEval metrics of one response, by lm-eval's own instruction checkers.
-
-    ``doc``: ``key``, ``prompt``, ``instruction_id_list``, ``kwargs`` (a list
-    of dicts, one per instruction; missing or None arguments are allowed).
-    Returns ``prompt_level_strict_acc`` (bool), ``inst_level_strict_acc``
-    (list of bool, one per instruction), ``prompt_level_loose_acc``,
-    ``inst_level_loose_acc``. A check that needs NLTK's ``punkt_tab`` (sentence
-    and word counts) raises :class:`PunktTabMissing` when it is not installed
-    (see :func:`require_punkt_tab`); the other checks run without it.
-    """
+    """IFEval metrics of one response (``prompt_level_*``: bool, ``inst_level_*``: one
+    bool per instruction), by lm-eval's own checkers. ``doc``: ``key``, ``prompt``,
+    ``instruction_id_list``, ``kwargs`` (one dict or None per instruction). A check
+    that needs a missing ``punkt_tab`` raises :class:`PunktTabMissing`."""
     where = f"IFEval record key={doc.get('key')!r}" if isinstance(doc, dict) else "IFEval record"
     require_fields(doc, ("prompt", "instruction_id_list", "kwargs"), where,
                    "the checks are the instructions with their arguments")
@@ -625,9 +546,5 @@ def ifeval_scores(response: str, doc: dict) -> dict:
         if "punkt" in str(err):
             raise PunktTabMissing(_punkt_missing_message()) from None
         raise
-    return {
-        "prompt_level_strict_acc": bool(out["prompt_level_strict_acc"]),
-        "inst_level_strict_acc": [bool(x) for x in out["inst_level_strict_acc"]],
-        "prompt_level_loose_acc": bool(out["prompt_level_loose_acc"]),
-        "inst_level_loose_acc": [bool(x) for x in out["inst_level_loose_acc"]],
-    }
+    keys = [f"{level}_level_{kind}_acc" for kind in ("strict", "loose") for level in ("prompt", "inst")]
+    return {k: [bool(x) for x in out[k]] if k.startswith("inst") else bool(out[k]) for k in keys}

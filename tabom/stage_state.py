@@ -1,20 +1,11 @@
 """What a pipeline stage's output was made from, and whether it is intact.
 
-Every output folder of ``scripts/train_then_eval.py`` carries ``inputs.json``:
-the inputs it was made from (stage config, model_args, limit, env, the keys of
-the upstream outputs it read) and their hash, its ``key``. A stage reuses an
-output only when
-
-- ``inputs.json`` exists and its inputs equal the current ones, and
-- the output passes its validator (parseable, complete, the expected counts).
-
-Otherwise it says why, names the file, and redoes the work. Inputs listed in
-``resumable`` (say the query list of self-distillation, whose shards are per
-query id) may change without discarding partial work; any other change
-discards the folder first, so a resumed run never mixes inputs.
-
-The stamp is written when the work *starts* (so that an interrupted run resumes
-only with the same inputs); completion is marked by the stage's own final file.
+Every output folder of ``scripts/train_then_eval.py`` carries ``inputs.json``
+(the inputs it was made from and their hash, its ``key``), written when the work
+starts. A stage reuses an output only when those inputs equal the current ones
+and the output passes its validator; otherwise it says why and redoes the work.
+Inputs listed in ``resumable`` may change without discarding partial work; any
+other change discards the folder first, so a resumed run never mixes inputs.
 """
 
 from __future__ import annotations
@@ -144,11 +135,16 @@ def prepare(folder: Path, verdict: Verdict) -> None:
 
 
 # ------------------------------------------------------------------ validators
-def read_json(path: Path) -> object:
-    """A JSON file, or CorruptOutput naming it."""
+def _existing(path: Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise CorruptOutput(f"{path}: missing")
+    return path
+
+
+def read_json(path: Path) -> object:
+    """A JSON file, or CorruptOutput naming it."""
+    path = _existing(path)
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -157,9 +153,7 @@ def read_json(path: Path) -> object:
 
 def check_safetensors(path: Path) -> None:
     """The header parses and the file is exactly as long as the header says."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorruptOutput(f"{path}: missing")
+    path = _existing(path)
     size = path.stat().st_size
     try:
         with path.open("rb") as f:
@@ -179,9 +173,7 @@ def check_parquet(path: Path, rows: int | None = None) -> int:
     """The footer parses (a truncated parquet file has none); optional row count."""
     import pyarrow.parquet as pq
 
-    path = Path(path)
-    if not path.is_file():
-        raise CorruptOutput(f"{path}: missing")
+    path = _existing(path)
     try:
         n = pq.read_metadata(path).num_rows
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad footer

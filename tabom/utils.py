@@ -41,13 +41,9 @@ def parse_overrides(items: list[str], flag: str = "--set") -> dict:
 
 
 def process_rank() -> int:
-    """This process's global rank, the one way every module asks.
-
-    accelerate's ``PartialState`` when one was created in this process, else
-    ``torch.distributed`` when a process group is initialised, else the ``RANK``
-    variable that ``accelerate launch`` / ``torchrun`` set (0 when alone).
-    Nothing is imported or initialised here.
-    """
+    """This process's global rank: accelerate's ``PartialState`` when one exists, else
+    an initialised ``torch.distributed`` group, else ``RANK`` (0 when alone).
+    Nothing is imported or initialised here."""
     state_mod = sys.modules.get("accelerate.state")
     if state_mod is not None and state_mod.PartialState._shared_state != {}:
         return int(state_mod.PartialState().process_index)
@@ -64,13 +60,8 @@ def is_main_process() -> bool:
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Silence transformers' model-type notice, per-tensor progress bar and
-    FutureWarnings for the duration of the block (restored afterwards).
-
-    Loading a ``llada``/``Dream`` config into Llama/Qwen2 is intended here,
-    so the 'model of type llada' notice is noise; everything we check
-    ourselves (missing / mismatched tensors) is raised as an error instead.
-    """
+    """Silence transformers' notices (loading ``llada`` into Llama is intended; what
+    we check is raised as an error), progress bars and FutureWarnings in the block."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()

@@ -1,19 +1,10 @@
 """``DiffusionLM``: a masked-diffusion LM = bidirectional backbone + family record.
 
-The backbone is a transformers model (``LlamaForCausalLM`` for LLaDA,
-``Qwen2ForCausalLM`` for Dream, both with ``config.is_causal = False``), or,
-for other checkpoints, whatever ``AutoModel`` returns with remote code.
-
-Conventions every caller can rely on:
-
 - ``forward(ids, attention_mask, positions)`` returns the logits that *predict
-  the token at each position*: the family's logit shift (Dream predicts token
-  i from the hidden state at i-1) is already applied.
-- With ``positions`` ([B, K] indices) only those K rows are projected through
-  the LM head, so callers that need a few rows never build [B, L, V] logits.
+  the token at each position*: the family's logit shift is already applied.
+- With ``positions`` ([B, K] indices) only those K rows go through the LM head.
 - A 2-D ``attention_mask`` (1 = token, 0 = padding) masks padded keys and
-  re-bases position ids (cumsum - 1), so a left-padded row gives the same
-  logits at its real positions as the same row without padding.
+  re-bases position ids, so left padding does not change the real rows' logits.
 """
 
 from __future__ import annotations
@@ -23,6 +14,16 @@ from torch import nn
 
 from .families import ModelFamily, SpecialIds
 from .formats import save_native_checkpoint
+
+
+def _shift(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Row i takes row i - s along dim 1 (the first s rows stay)."""
+    return torch.cat([x[:, :s], x[:, :-s]], dim=1)
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, k]]`` for [B, L, D] ``x`` and [B, K] ``index``."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -75,26 +76,19 @@ class DiffusionLM(nn.Module):
     def _decoder_inputs(self, input_ids, attention_mask):
         if attention_mask is not None:
             attention_mask = attention_mask.to(input_ids.device)
-            if bool(attention_mask.all()):
-                attention_mask = None
-        position_ids = None
-        if attention_mask is not None:
-            position_ids = position_ids_from_mask(attention_mask)
-        return attention_mask, position_ids
+            if not bool(attention_mask.all()):
+                return attention_mask, position_ids_from_mask(attention_mask)
+        return None, None
 
     def hidden_states(self, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Final (normed) hidden states [B, L, D], *not* shifted."""
         if not self.is_native:
-            raise NotImplementedError(
-                "hidden_states needs a natively loaded family (llada, dream); remote-code "
-                "backbones only provide logits"
-            )
+            raise NotImplementedError("hidden_states needs a natively loaded family (llada, dream); "
+                                      "remote-code backbones only provide logits")
         attention_mask, position_ids = self._decoder_inputs(input_ids, attention_mask)
-        out = self.backbone.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            use_cache=False,
-        )
+        out = self.backbone.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     def source_positions(self, positions: torch.Tensor) -> torch.Tensor:
@@ -117,37 +111,21 @@ class DiffusionLM(nn.Module):
         if positions is not None:
             positions = positions.to(input_ids.device)
             if positions.dim() != 2 or positions.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"positions must have shape [batch, K] with batch={input_ids.shape[0]}, "
-                    f"got {tuple(positions.shape)}"
-                )
+                raise ValueError(f"positions must have shape [batch, K] with batch={input_ids.shape[0]}, "
+                                 f"got {tuple(positions.shape)}")
             if positions.numel() and (positions.min() < 0 or positions.max() >= input_ids.shape[1]):
-                raise ValueError(
-                    f"positions must lie in [0, {input_ids.shape[1]}), got "
-                    f"[{int(positions.min())}, {int(positions.max())}]"
-                )
+                raise ValueError(f"positions must lie in [0, {input_ids.shape[1]}), got "
+                                 f"[{int(positions.min())}, {int(positions.max())}]")
         if not self.is_native:
             return self._forward_remote(input_ids, attention_mask, positions, return_hidden)
         hidden = self.hidden_states(input_ids, attention_mask)
-        if positions is None:
-            if self.logit_shift:
-                s = self.logit_shift
-                hidden = torch.cat([hidden[:, :s], hidden[:, :-s]], dim=1)
-        else:
-            src = self.source_positions(positions)
-            hidden = hidden.gather(1, src.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        if return_hidden:
-            return hidden
-        return self.project(hidden)
+        if positions is not None:
+            hidden = _rows(hidden, self.source_positions(positions))
+        elif self.logit_shift:
+            hidden = _shift(hidden, self.logit_shift)
+        return hidden if return_hidden else self.project(hidden)
 
     # ------------------------------------------------------ cached decoding
-    def _need_native(self, what: str) -> None:
-        if not self.is_native:
-            raise NotImplementedError(
-                f"{what} needs a natively loaded family (llada, dream): the KV cache is built on "
-                "transformers' Llama / Qwen2 modules; remote-code backbones support cache=none only"
-            )
-
     def _decoder_call(self, **kwargs):
         decoder = self.backbone.get_decoder()
         cache = kwargs.pop("cache", None)
@@ -169,16 +147,17 @@ class DiffusionLM(nn.Module):
 
         Returns (logits at ``positions`` [B, K, V], the pass's ``DynamicCache``).
         """
-        self._need_native("cache=prefix|dual")
+        if not self.is_native:
+            raise NotImplementedError(
+                "cache=prefix|dual needs a natively loaded family (llada, dream): the KV cache is built "
+                "on transformers' Llama / Qwen2 modules; remote-code backbones support cache=none only")
         from transformers import DynamicCache
 
         attention_mask, position_ids = self._decoder_inputs(input_ids, attention_mask)
         cache = DynamicCache(config=self.backbone.config)
         out = self._decoder_call(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=position_ids, cache=cache, use_cache=True)
-        hidden = out.last_hidden_state
-        src = self.source_positions(positions.to(input_ids.device))
-        hidden = hidden.gather(1, src.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        hidden = _rows(out.last_hidden_state, self.source_positions(positions.to(input_ids.device)))
         return self.project(hidden), cache
 
     def forward_rows(self, input_ids: torch.Tensor, position_ids: torch.Tensor, context,
@@ -204,11 +183,8 @@ class DiffusionLM(nn.Module):
         out = self.backbone(input_ids, attention_mask=attention_mask)
         logits = out.logits if hasattr(out, "logits") else out[0]
         if self.logit_shift:
-            s = self.logit_shift
-            logits = torch.cat([logits[:, :s], logits[:, :-s]], dim=1)
-        if positions is not None:
-            logits = logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-        return logits
+            logits = _shift(logits, self.logit_shift)
+        return logits if positions is None else _rows(logits, positions)
 
     # ------------------------------------------------------------- training
     def gradient_checkpointing_enable(self) -> None:
@@ -217,15 +193,8 @@ class DiffusionLM(nn.Module):
             bb.activation_checkpointing_enable({"use_reentrant": False})
         else:
             bb.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(self.backbone, "enable_input_require_grads"):
-            self.backbone.enable_input_require_grads()
-
-    def gradient_checkpointing_disable(self) -> None:
-        bb = self.backbone
-        if hasattr(bb, "activation_checkpointing_disable"):
-            bb.activation_checkpointing_disable()
-        else:
-            bb.gradient_checkpointing_disable()
+        if hasattr(bb, "enable_input_require_grads"):
+            bb.enable_input_require_grads()
 
     # ----------------------------------------------------------------- saving
     def save_pretrained(self, directory, max_shard_size: int | str = "5GB",

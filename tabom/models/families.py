@@ -1,9 +1,6 @@
 """Model families: one record per diffusion-LM family with every convention the
-rest of the toolkit needs (special tokens, logit shift, chat conventions,
-default decoder), looked up from a checkpoint's ``model_type``.
-
-Nothing outside this module branches on the family name: the sampler, the
-trainer and the lm-eval model read the fields of the record.
+toolkit needs (special tokens, logit shift, chat conventions, default decoder),
+looked up from a checkpoint's ``model_type``; nothing else branches on the name.
 """
 
 from __future__ import annotations
@@ -14,14 +11,9 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """Conventions of one masked-diffusion LM family.
-
-    Token fields hold token *strings*; the ids are resolved against the
-    tokenizer that ships with each checkpoint (see :class:`SpecialIds`), so a
-    tiny test checkpoint and the 8B release go through the same lookup. The
-    ``reference_ids`` are the ids of the published checkpoints, kept for
-    documentation and for a consistency check.
-    """
+    """Conventions of one masked-diffusion LM family. Token fields hold token
+    *strings*, resolved against each checkpoint's tokenizer (:class:`SpecialIds`);
+    ``reference_ids`` are the ids of the published checkpoints."""
 
     name: str
     model_types: tuple[str, ...]
@@ -33,12 +25,9 @@ class ModelFamily:
     # Dream predicts token i from the hidden state at i-1 (AR initialisation);
     # LLaDA predicts token i at position i.
     logit_shift: int = 0
-    # Chat-templated text already carries BOS for LLaDA, so prompts built from
-    # the template are tokenised without adding special tokens.
+    # Chat-templated text already carries BOS (LLaDA): tokenised without special tokens.
+    # A default system turn comes from the checkpoint's own chat template.
     add_special_tokens_with_chat_template: bool = False
-    # No default system prompt here: a family's default system turn (Dream's
-    # "You are a helpful assistant.") comes from the checkpoint's own chat
-    # template, which inserts it when no system message is given.
     # Default decoder of the family's released sampler.
     default_decoder: dict[str, Any] = field(default_factory=dict)
     reference_ids: dict[str, int] = field(default_factory=dict)
@@ -50,30 +39,14 @@ class ModelFamily:
 
 
 LLADA = ModelFamily(
-    name="llada",
-    model_types=("llada",),
-    mask_token="<|mdm_mask|>",
-    eos_token="<|endoftext|>",
-    pad_token="<|endoftext|>",
-    eot_token="<|eot_id|>",
-    bos_token="<|startoftext|>",
-    logit_shift=0,
-    add_special_tokens_with_chat_template=False,
+    name="llada", model_types=("llada",), mask_token="<|mdm_mask|>", eos_token="<|endoftext|>",
+    pad_token="<|endoftext|>", eot_token="<|eot_id|>", bos_token="<|startoftext|>", logit_shift=0,
     default_decoder={"order": "confidence", "temperature": 0.0},
     reference_ids={"mask": 126336, "eos": 126081, "pad": 126081, "eot": 126348, "bos": 126080},
-    tokenizer_fallback="PreTrainedTokenizerFast",
 )
-
 DREAM = ModelFamily(
-    name="dream",
-    model_types=("Dream", "dream"),
-    mask_token="<|mask|>",
-    eos_token="<|endoftext|>",
-    pad_token="<|endoftext|>",
-    eot_token="<|im_end|>",
-    bos_token=None,
-    logit_shift=1,
-    add_special_tokens_with_chat_template=False,
+    name="dream", model_types=("Dream", "dream"), mask_token="<|mask|>", eos_token="<|endoftext|>",
+    pad_token="<|endoftext|>", eot_token="<|im_end|>", logit_shift=1,
     default_decoder={"order": "entropy", "temperature": 0.1, "top_p": 0.9},
     reference_ids={"mask": 151666, "eos": 151643, "pad": 151643, "eot": 151645},
     tokenizer_fallback="Qwen2Tokenizer",
@@ -92,10 +65,8 @@ def get_family(name: str) -> ModelFamily:
     """The family called ``name`` (``llada``, ``dream``), case-insensitive."""
     key = str(name).lower()
     if key not in FAMILIES:
-        raise ValueError(
-            f"family={name!r} is not a known model family; known families: "
-            + ", ".join(f.describe() for f in FAMILIES.values())
-        )
+        raise ValueError(f"family={name!r} is not a known model family; known families: "
+                         + ", ".join(f.describe() for f in FAMILIES.values()))
     return FAMILIES[key]
 
 
@@ -104,11 +75,9 @@ def family_for_model_type(model_type: str | None, source: str = "config.json") -
     for fam in FAMILIES.values():
         if model_type in fam.model_types:
             return fam
-    raise ValueError(
-        f"{source}: model_type={model_type!r} is not a known diffusion-LM family; known: "
-        + ", ".join(f.describe() for f in FAMILIES.values())
-        + ". For another masked-diffusion checkpoint pass family=<name> and trust_remote_code=True."
-    )
+    raise ValueError(f"{source}: model_type={model_type!r} is not a known diffusion-LM family; known: "
+                     + ", ".join(f.describe() for f in FAMILIES.values()) + ". For another "
+                     "masked-diffusion checkpoint pass family=<name> and trust_remote_code=True.")
 
 
 @dataclass(frozen=True)
@@ -128,41 +97,26 @@ class SpecialIds:
 
 def resolve_special_ids(family: ModelFamily, tokenizer, config_mask_id: int | None = None,
                         source: str = "tokenizer") -> SpecialIds:
-    """Look the family's special tokens up in ``tokenizer``.
-
-    Raises a ValueError naming the token when the tokenizer does not carry the
-    family's mask or EOS token, or when its mask id disagrees with the
-    checkpoint config's ``mask_token_id``.
-    """
+    """Look the family's special tokens up in ``tokenizer``; a ValueError names a
+    missing mask / EOS token, or a mask id that disagrees with ``config_mask_id``."""
     vocab = tokenizer.get_vocab()
 
     def lookup(tok: str | None, required: bool, what: str) -> int | None:
         if tok is None:
             return None
-        if tok not in vocab:
-            if required:
-                raise ValueError(
-                    f"{source}: the {family.name} family needs the {what} token {tok!r}, "
-                    f"which the tokenizer does not contain"
-                )
-            return None
-        return int(vocab[tok])
+        if tok not in vocab and required:
+            raise ValueError(f"{source}: the {family.name} family needs the {what} token {tok!r}, "
+                             f"which the tokenizer does not contain")
+        return int(vocab[tok]) if tok in vocab else None
 
     mask = lookup(family.mask_token, True, "mask")
     eos = lookup(family.eos_token, True, "EOS")
     pad = lookup(family.pad_token, False, "pad")
     if pad is None:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    ids = SpecialIds(
-        mask=mask,
-        eos=eos,
-        pad=pad,
-        eot=lookup(family.eot_token, False, "end-of-turn"),
-        bos=lookup(family.bos_token, False, "BOS"),
-    )
+    ids = SpecialIds(mask=mask, eos=eos, pad=pad, eot=lookup(family.eot_token, False, "end-of-turn"),
+                     bos=lookup(family.bos_token, False, "BOS"))
     if config_mask_id is not None and int(config_mask_id) != ids.mask:
-        raise ValueError(
-            f"{source}: mask token {family.mask_token!r} has id {ids.mask} but the checkpoint "
-            f"config says mask_token_id={config_mask_id}"
-        )
+        raise ValueError(f"{source}: mask token {family.mask_token!r} has id {ids.mask} but the "
+                         f"checkpoint config says mask_token_id={config_mask_id}")
     return ids

@@ -1,19 +1,12 @@
-"""On-disk checkpoint formats of the published diffusion LMs.
+"""On-disk checkpoint formats of the published diffusion LMs: how a ``config.json``
+reads into a transformers config, how tensor names map, how to write a model back.
 
-Each format knows how to read its ``config.json`` into a transformers config
-of the architecture it is equivalent to, how its tensor names map onto that
-architecture's names, and how to write a model back in the published layout.
+- LLaDA (``model_type: llada``): a Llama decoder, tensors under ``model.transformer``.
+- Dream (``model_type: Dream``): a Qwen2 decoder with Qwen2's tensor names.
 
-- LLaDA (``model_type: llada``; GSAI-ML/LLaDA-8B-Instruct, -Base, LLaDA-1.5):
-  a Llama decoder without causal masking. Its tensors live under
-  ``model.transformer``; see ``LLADA_KEY_MAP`` for the renaming.
-- Dream (``model_type: Dream``; Dream-org/Dream-v0-Instruct-7B, -Base-7B):
-  a Qwen2 decoder without causal masking; tensor names are Qwen2's.
-
-Both are loaded into transformers' own ``LlamaForCausalLM`` /
-``Qwen2ForCausalLM`` with ``config.is_causal = False`` (fully bidirectional
-attention), so sdpa, gradient checkpointing, peft and device maps come from
-the maintained library instead of the releases' remote code.
+Both load into transformers' ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` with
+``config.is_causal = False`` (fully bidirectional attention), instead of the
+releases' remote code.
 """
 
 from __future__ import annotations
@@ -26,10 +19,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-
-# --------------------------------------------------------------------------
-# LLaDA
-# --------------------------------------------------------------------------
 
 # (published name prefix, transformers Llama name prefix); {i} = block index.
 LLADA_NAME_PATTERNS: list[tuple[str, str]] = [
@@ -59,25 +48,12 @@ LLADA_INVERSE_KEY_MAP = _regex_table([(b, a) for a, b in LLADA_NAME_PATTERNS])
 # Architectural switches of a LLaDA config and the only values this loader
 # accepts for them (those of every published LLaDA checkpoint).
 LLADA_FIXED_FIELDS: dict[str, Any] = {
-    "block_type": "llama",
-    "layer_norm_type": "rms",
-    "activation_type": "silu",
-    "rope": True,
-    "alibi": False,
-    "include_bias": False,
-    "include_qkv_bias": False,
-    "attention_layer_norm": False,
-    "input_emb_norm": False,
-    "scale_logits": False,
-    "layer_norm_with_affine": True,
+    "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu", "rope": True,
+    "alibi": False, "include_bias": False, "include_qkv_bias": False, "attention_layer_norm": False,
+    "input_emb_norm": False, "scale_logits": False, "layer_norm_with_affine": True,
     "bias_for_layer_norm": False,
 }
-
-DREAM_FIXED_FIELDS: dict[str, Any] = {
-    "hidden_act": "silu",
-    "use_sliding_window": False,
-    "rope_scaling": None,
-}
+DREAM_FIXED_FIELDS: dict[str, Any] = {"hidden_act": "silu", "use_sliding_window": False, "rope_scaling": None}
 
 
 def _rename(name: str, table: list[tuple[str, str]]) -> str:
@@ -103,26 +79,21 @@ def _require(raw: dict, key: str, source: str):
     return raw[key]
 
 
-def _llada_resolved_switches(raw: dict) -> dict:
-    """``raw`` with the switches LLaDA's remote code derives from others filled in:
-    ``bias_for_layer_norm: null`` (the remote config class's default) means
-    ``include_bias`` (default false), as its LayerNorm reads it."""
-    if "bias_for_layer_norm" in raw and raw["bias_for_layer_norm"] is None:
-        raw = {**raw, "bias_for_layer_norm": raw.get("include_bias", False)}
-    return raw
-
-
 def llada_hf_config(raw: dict, source: str = "config.json"):
     """LlamaConfig equivalent to a LLaDA ``config.json`` dict."""
     from transformers import LlamaConfig
 
-    _check_fixed(_llada_resolved_switches(raw), LLADA_FIXED_FIELDS, source)
+    # ``bias_for_layer_norm: null`` (the remote config class's default) means
+    # ``include_bias`` (default false), as LLaDA's LayerNorm reads it.
+    switches = raw
+    if "bias_for_layer_norm" in raw and raw["bias_for_layer_norm"] is None:
+        switches = {**raw, "bias_for_layer_norm": raw.get("include_bias", False)}
+    _check_fixed(switches, LLADA_FIXED_FIELDS, source)
     d_model = int(_require(raw, "d_model", source))
     n_heads = int(_require(raw, "n_heads", source))
     n_kv = raw.get("n_kv_heads") or n_heads
     mlp = raw.get("mlp_hidden_size")
-    if mlp is None:
-        mlp = int(raw.get("mlp_ratio", 4)) * d_model
+    mlp = int(raw.get("mlp_ratio", 4)) * d_model if mlp is None else mlp
     vocab = raw.get("embedding_size") or _require(raw, "vocab_size", source)
     cfg = LlamaConfig(
         hidden_size=d_model,
@@ -157,14 +128,12 @@ def _bidirectional(cfg, raw: dict):
 
 def llada_raw_config(cfg) -> dict:
     """LLaDA ``config.json`` dict for a LlamaConfig (the inverse of the above)."""
-    raw = {
+    return {
         "architectures": ["LLaDAModelLM"],
         "model_type": "llada",
-        "auto_map": {
-            "AutoConfig": "configuration_llada.LLaDAConfig",
-            "AutoModel": "modeling_llada.LLaDAModelLM",
-            "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-        },
+        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
+                     "AutoModel": "modeling_llada.LLaDAModelLM",
+                     "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},
         "d_model": cfg.hidden_size,
         "n_heads": cfg.num_attention_heads,
         "n_kv_heads": cfg.num_key_value_heads,
@@ -184,7 +153,6 @@ def llada_raw_config(cfg) -> dict:
         "use_cache": False,
         **LLADA_FIXED_FIELDS,
     }
-    return raw
 
 
 def dream_hf_config(raw: dict, source: str = "config.json"):
@@ -216,10 +184,8 @@ def dream_raw_config(cfg) -> dict:
     return {
         "architectures": ["DreamModel"],
         "model_type": "Dream",
-        "auto_map": {
-            "AutoConfig": "configuration_dream.DreamConfig",
-            "AutoModel": "modeling_dream.DreamModel",
-        },
+        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig",
+                     "AutoModel": "modeling_dream.DreamModel"},
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_attention_heads": cfg.num_attention_heads,
@@ -246,9 +212,7 @@ def dream_raw_config(cfg) -> dict:
 
 def _rope_theta(cfg) -> float:
     params = getattr(cfg, "rope_parameters", None) or {}
-    if "rope_theta" in params:
-        return float(params["rope_theta"])
-    return float(getattr(cfg, "rope_theta"))
+    return float(params["rope_theta"] if "rope_theta" in params else cfg.rope_theta)
 
 
 @dataclass(frozen=True)
@@ -269,61 +233,37 @@ class CheckpointFormat:
     def published_name(self, hf: str) -> str:
         return _rename(hf, self.inverse_key_map)
 
+    def published_state(self, state_dict: dict, tied: bool) -> dict:
+        """``state_dict`` under the published names (a tied LM head is not stored)."""
+        return {self.published_name(n): t for n, t in state_dict.items()
+                if not (tied and n == "lm_head.weight")}
+
     def hf_model_class(self):
         import transformers
 
         return getattr(transformers, self.hf_class)
 
 
-LLADA_FORMAT = CheckpointFormat(
-    name="llada",
-    model_types=("llada",),
-    hf_class="LlamaForCausalLM",
-    to_hf_config=llada_hf_config,
-    to_raw_config=llada_raw_config,
-    key_map=LLADA_KEY_MAP,
-    inverse_key_map=LLADA_INVERSE_KEY_MAP,
-)
-
-DREAM_FORMAT = CheckpointFormat(
-    name="dream",
-    model_types=("Dream", "dream"),
-    hf_class="Qwen2ForCausalLM",
-    to_hf_config=dream_hf_config,
-    to_raw_config=dream_raw_config,
-    key_map=[],
-    inverse_key_map=[],
-)
+LLADA_FORMAT = CheckpointFormat("llada", ("llada",), "LlamaForCausalLM", llada_hf_config,
+                                llada_raw_config, LLADA_KEY_MAP, LLADA_INVERSE_KEY_MAP)
+DREAM_FORMAT = CheckpointFormat("dream", ("Dream", "dream"), "Qwen2ForCausalLM", dream_hf_config,
+                                dream_raw_config, [], [])
 
 FORMATS: dict[str, CheckpointFormat] = {"llada": LLADA_FORMAT, "dream": DREAM_FORMAT}
 
 
-# --------------------------------------------------------------------------
-# Reading safetensors headers (names and shapes, no tensor data)
-# --------------------------------------------------------------------------
-
-
 def read_tensor_shapes(directory: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of every tensor of a (sharded) safetensors checkpoint.
-
-    Reads only the headers. Raises FileNotFoundError naming the directory when
-    no safetensors file is there, and ValueError naming the shard when the
-    index points to a missing file.
-    """
+    """Names and shapes of every tensor of a (sharded) safetensors checkpoint, read
+    from the headers only; a missing file or shard is named."""
     from safetensors import safe_open
 
     directory = Path(directory)
     index = directory / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    elif (directory / "model.safetensors").exists():
-        files = ["model.safetensors"]
-        weight_map = None
-    else:
-        raise FileNotFoundError(
-            f"{directory}: no model.safetensors or model.safetensors.index.json found"
-        )
+    weight_map = json.loads(index.read_text())["weight_map"] if index.exists() else None
+    if weight_map is None and not (directory / "model.safetensors").exists():
+        raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json "
+                                "found")
+    files = ["model.safetensors"] if weight_map is None else sorted(set(weight_map.values()))
     shapes: dict[str, tuple[int, ...]] = {}
     for fname in files:
         path = directory / fname
@@ -347,9 +287,8 @@ def save_sharded(state_dict: dict[str, torch.Tensor], directory: str | os.PathLi
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    split = split_torch_state_dict_into_shards(
-        state_dict, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
-    )
+    split = split_torch_state_dict_into_shards(state_dict, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_size)
     for fname, names in split.filename_to_tensors.items():
         tensors = {n: state_dict[n].detach().contiguous().cpu() for n in names}
         save_file(tensors, str(directory / fname), metadata={"format": "pt"})
@@ -374,15 +313,10 @@ def save_native_checkpoint(model, directory, max_shard_size="5GB",
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model.backbone.config
     raw = fmt.to_raw_config(cfg)
-    raw["mask_token_id"] = model.special_ids.mask
-    raw["eos_token_id"] = model.special_ids.eos
-    raw["pad_token_id"] = model.special_ids.pad
-    raw["torch_dtype"] = str(model.dtype).replace("torch.", "")
-    state = {}
-    for name, tensor in model.backbone.state_dict().items():
-        if cfg.tie_word_embeddings and name == "lm_head.weight":
-            continue
-        state[fmt.published_name(name)] = tensor
+    ids = model.special_ids
+    raw.update(mask_token_id=ids.mask, eos_token_id=ids.eos, pad_token_id=ids.pad,
+               torch_dtype=str(model.dtype).replace("torch.", ""))
+    state = fmt.published_state(model.backbone.state_dict(), cfg.tie_word_embeddings)
     save_sharded(state, directory, max_shard_size=max_shard_size)
     (directory / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     if save_tokenizer and model.tokenizer is not None:

@@ -1,11 +1,8 @@
-"""Load diffusion-LM checkpoints (Hub id or local folder); saving is
-:func:`tabom.models.formats.save_native_checkpoint` (``DiffusionLM.save_pretrained``).
+"""Load diffusion-LM checkpoints (Hub id or local folder).
 
-``load_model`` checks everything it can before any weight is read:
-device availability, the config's family and architectural switches, the
-tokenizer's special tokens, and every tensor name and shape in the
-safetensors headers against the architecture. A bad checkpoint is refused
-with the file, the tensor or the field named; nothing is half-loaded.
+``load_model`` checks the device, the config's family and switches, the tokenizer's
+special tokens and every tensor name and shape (safetensors headers) before any
+weight is read: a bad checkpoint is refused naming the file, tensor or field.
 """
 
 from __future__ import annotations
@@ -64,14 +61,11 @@ def check_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device={device!r} is not a valid torch device: {err}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"device={device!r} was requested but CUDA is not available here "
-                "(torch.cuda.is_available() is False); use device='cpu'"
-            )
+            raise RuntimeError(f"device={device!r} was requested but CUDA is not available here "
+                               "(torch.cuda.is_available() is False); use device='cpu'")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-            )
+            raise RuntimeError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) "
+                               "are visible")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError(f"device={device!r} was requested but MPS is not available here")
     return dev
@@ -86,9 +80,8 @@ def resolve_checkpoint_dir(pretrained: str | os.PathLike, revision: str | None =
         raise ValueError(f"pretrained={str(pretrained)!r} is a file; give the checkpoint folder")
     text = str(pretrained)
     if text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise FileNotFoundError(
-            f"pretrained={text!r}: no such folder, and it is not a Hub id of the form 'org/name'"
-        )
+        raise FileNotFoundError(f"pretrained={text!r}: no such folder, and it is not a Hub id of the "
+                                "form 'org/name'")
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(
@@ -126,10 +119,8 @@ def load_tokenizer(directory: Path, family: ModelFamily, trust_remote_code: bool
             with quiet_transformers():
                 tok = cls.from_pretrained(str(directory))
         except Exception as second:  # noqa: BLE001
-            raise ValueError(
-                f"{directory}: cannot load the tokenizer (AutoTokenizer: {first}; "
-                f"{family.tokenizer_fallback}: {second})"
-            ) from None
+            raise ValueError(f"{directory}: cannot load the tokenizer (AutoTokenizer: {first}; "
+                             f"{family.tokenizer_fallback}: {second})") from None
     tok.padding_side = "left"
     if tok.pad_token is None and family.pad_token in tok.get_vocab():
         tok.pad_token = family.pad_token
@@ -138,15 +129,10 @@ def load_tokenizer(directory: Path, family: ModelFamily, trust_remote_code: bool
 
 def expected_tensor_shapes(fmt: CheckpointFormat, hf_config) -> dict[str, tuple[int, ...]]:
     """Published tensor names and shapes that the architecture needs."""
-    cls = fmt.hf_model_class()
     with torch.device("meta"):
-        model = cls(hf_config)
-    shapes = {}
-    for name, tensor in model.state_dict().items():
-        if hf_config.tie_word_embeddings and name == "lm_head.weight":
-            continue
-        shapes[fmt.published_name(name)] = tuple(tensor.shape)
-    return shapes
+        model = fmt.hf_model_class()(hf_config)
+    state = fmt.published_state(model.state_dict(), hf_config.tie_word_embeddings)
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 
 def validate_tensors(directory: Path, fmt: CheckpointFormat, hf_config) -> None:
@@ -155,17 +141,14 @@ def validate_tensors(directory: Path, fmt: CheckpointFormat, hf_config) -> None:
     want = expected_tensor_shapes(fmt, hf_config)
     # A tied checkpoint may still carry the head; an untied one must.
     tied_head = fmt.published_name("lm_head.weight")
-    missing = sorted(k for k in want if k not in found)
-    unexpected = sorted(k for k in found if k not in want and not
-                        (hf_config.tie_word_embeddings and k == tied_head))
+    listed = {"missing": sorted(k for k in want if k not in found),
+              "unexpected": sorted(k for k in found if k not in want and not
+                                   (hf_config.tie_word_embeddings and k == tied_head))}
+    problems = [f"{what} tensors: {', '.join(names[:8])}" + (" ..." if len(names) > 8 else "")
+                for what, names in listed.items() if names]
     wrong = sorted(k for k in want if k in found and found[k] != want[k])
-    problems = []
-    if missing:
-        problems.append(f"missing tensors: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
-    if unexpected:
-        problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
-    for k in wrong[:8]:
-        problems.append(f"tensor {k} has shape {list(found[k])}, config.json implies {list(want[k])}")
+    problems += [f"tensor {k} has shape {list(found[k])}, config.json implies {list(want[k])}"
+                 for k in wrong[:8]]
     if problems:
         raise ValueError(f"{directory}: checkpoint does not match its config ({fmt.name} format): "
                          + "; ".join(problems))
@@ -175,16 +158,11 @@ def load_model(pretrained: str | os.PathLike, *, family: str | None = None, dtyp
                device: str | torch.device = "cpu", revision: str | None = None,
                trust_remote_code: bool = False, attn_implementation: str = "sdpa",
                gradient_checkpointing: bool = False) -> DiffusionLM:
-    """Load a diffusion-LM checkpoint as a :class:`DiffusionLM` in eval mode.
+    """Load a checkpoint (Hub id or folder) as a :class:`DiffusionLM` in eval mode.
 
-    Args:
-        pretrained: Hub id (``GSAI-ML/LLaDA-8B-Instruct``) or local folder.
-        family: ``llada`` / ``dream``; by default looked up from config.json's
-            ``model_type``. Required for other masked-diffusion checkpoints,
-            which then load through ``AutoModel`` with ``trust_remote_code``.
-        dtype: ``float32`` / ``bfloat16`` / ``float16`` / ``auto`` (bf16 on
-            CUDA, fp32 otherwise).
-        device: ``cpu``, ``cuda``, ``cuda:1`` ...; refused when absent.
+    ``family`` (``llada`` / ``dream``) defaults to the one of config.json's
+    ``model_type``; other masked-diffusion checkpoints need it and load through
+    ``AutoModel`` with ``trust_remote_code``. ``dtype``: see :func:`resolve_dtype`.
     """
     dev = check_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -199,9 +177,8 @@ def load_model(pretrained: str | os.PathLike, *, family: str | None = None, dtyp
     if fmt is None:
         return _load_remote(directory, raw, fam, torch_dtype, dev, trust_remote_code, source)
     if fmt.name != fam.name:
-        raise ValueError(
-            f"{source}: model_type={model_type!r} is a {fmt.name} checkpoint but family={fam.name!r} was given"
-        )
+        raise ValueError(f"{source}: model_type={model_type!r} is a {fmt.name} checkpoint but "
+                         f"family={fam.name!r} was given")
 
     hf_config = fmt.to_hf_config(raw, source)
     tokenizer = load_tokenizer(directory, fam, trust_remote_code)
@@ -233,10 +210,8 @@ def load_model(pretrained: str | os.PathLike, *, family: str | None = None, dtyp
 def _load_remote(directory, raw, fam, torch_dtype, dev, trust_remote_code, source) -> DiffusionLM:
     """Other masked-diffusion checkpoints: AutoModel with remote code, family given."""
     if not trust_remote_code:
-        raise ValueError(
-            f"{source}: model_type={raw.get('model_type')!r} has no native loader; loading it as a "
-            f"{fam.name}-family model needs trust_remote_code=True"
-        )
+        raise ValueError(f"{source}: model_type={raw.get('model_type')!r} has no native loader; loading "
+                         f"it as a {fam.name}-family model needs trust_remote_code=True")
     from transformers import AutoModel
 
     tokenizer = load_tokenizer(directory, fam, trust_remote_code=True)

@@ -1,16 +1,11 @@
-"""Tiny random checkpoints written in the real on-disk formats.
+"""Tiny random checkpoints written in the real on-disk formats, so tests (and the
+mini world) take exactly the code path of a published checkpoint.
 
-Tests (and the mini world) run exactly the code path a published checkpoint
-takes: a ``config.json`` with the family's ``model_type`` and fields, sharded
-safetensors under the published tensor names, and a tokenizer carrying the
-family's special tokens and chat template.
-
-The tokenizers are byte-level BPE without merges: 256 byte symbols plus the
-family's special tokens, so any text round-trips while the vocabulary stays
-tiny. LLaDA's is saved as ``tokenizer.json`` (as the release does); Dream's as
-``vocab.json`` + ``merges.txt`` with a ``tokenizer_config.json`` that names
-the release's remote-code ``DreamTokenizer`` class, so loading must go
-through the no-remote-code fallback exactly as it does for the release.
+The tokenizers are byte-level BPE without merges (256 byte symbols plus the
+family's special tokens). LLaDA's is saved as ``tokenizer.json``; Dream's as
+``vocab.json`` + ``merges.txt`` naming the release's remote-code
+``DreamTokenizer``, so loading goes through the no-remote-code fallback as for
+the release.
 """
 
 from __future__ import annotations
@@ -22,9 +17,7 @@ import torch
 
 from .families import FAMILIES, ModelFamily, get_family
 
-# Chat templates written for the two families' conventions: LLaDA follows the
-# Llama-3 header layout with BOS in the text; Dream follows the Qwen2 ChatML
-# layout with a default system turn.
+# LLaDA: Llama-3 headers with BOS in the text; Dream: Qwen2 ChatML with a default system turn.
 LLADA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
@@ -54,11 +47,8 @@ def _byte_symbols() -> list[str]:
 
 
 def build_tokenizer(family: str | ModelFamily = "llada", drop_tokens: tuple[str, ...] = ()):
-    """A byte-level tokenizer with the family's special tokens and chat template.
-
-    ``drop_tokens`` leaves chosen special tokens out (to test refusal of a
-    tokenizer without the mask token).
-    """
+    """A byte-level tokenizer with the family's special tokens and chat template;
+    ``drop_tokens`` leaves chosen special tokens out."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -87,10 +77,9 @@ def _save_dream_style_tokenizer(tok, directory: Path) -> None:
     vocab = {s: i for i, s in enumerate(_byte_symbols())}
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    added = {}
-    for token, idx in sorted(tok.get_added_vocab().items(), key=lambda kv: kv[1]):
-        added[str(idx)] = {"content": token, "lstrip": False, "normalized": False,
-                           "rstrip": False, "single_word": False, "special": True}
+    added = {str(idx): {"content": token, "lstrip": False, "normalized": False, "rstrip": False,
+                        "single_word": False, "special": True}
+             for token, idx in sorted(tok.get_added_vocab().items(), key=lambda kv: kv[1])}
     config = {
         "added_tokens_decoder": added,
         "additional_special_tokens": [t for t in tok.get_added_vocab()],
@@ -136,11 +125,8 @@ def tiny_backbone_config(family: str, vocab_size: int, hidden_size: int = 32, nu
 
 def random_tiny_model(family: str = "llada", seed: int = 0, init_std: float = 0.5, tokenizer=None,
                       **config_kwargs):
-    """A random tiny :class:`DiffusionLM` in memory (not yet on disk).
-
-    ``init_std`` scales the random weights so that the tiny model's
-    distributions are peaked enough for decoding tests to be meaningful.
-    """
+    """A random tiny :class:`DiffusionLM` in memory; ``init_std`` scales the weights
+    so that its distributions are peaked enough for decoding tests."""
     from .diffusion_lm import DiffusionLM
     from .families import resolve_special_ids
     from .formats import FORMATS
@@ -149,9 +135,7 @@ def random_tiny_model(family: str = "llada", seed: int = 0, init_std: float = 0.
     tok = tokenizer if tokenizer is not None else build_tokenizer(fam)
     cfg = tiny_backbone_config(fam.name, vocab_size=len(tok), **config_kwargs)
     ids = resolve_special_ids(fam, tok)
-    cfg.mask_token_id = ids.mask
-    cfg.eos_token_id = ids.eos
-    cfg.pad_token_id = ids.pad
+    cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id = ids.mask, ids.eos, ids.pad
     fmt = FORMATS[fam.name]
     gen = torch.Generator().manual_seed(seed)
     backbone = fmt.hf_model_class()(cfg)
@@ -172,12 +156,8 @@ def random_tiny_model(family: str = "llada", seed: int = 0, init_std: float = 0.
 def write_tiny_checkpoint(directory, family: str = "llada", seed: int = 0,
                           max_shard_size: int | str = "5GB", drop_tokens: tuple[str, ...] = (),
                           **config_kwargs) -> Path:
-    """Write a random tiny checkpoint in ``family``'s published format.
-
-    Returns the folder, loadable with :func:`tabom.models.load_model`.
-    A small ``max_shard_size`` (e.g. ``"20KB"``) forces a sharded layout with
-    ``model.safetensors.index.json``, as the 7B/8B releases have.
-    """
+    """Write a random tiny checkpoint in ``family``'s published format; returns the
+    folder. A small ``max_shard_size`` (``"20KB"``) forces a sharded layout."""
     directory = Path(directory)
     fam = get_family(family)
     tok = build_tokenizer(fam)
