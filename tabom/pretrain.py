@@ -10,11 +10,12 @@ fill the canvas tail with EOS like the released instruct models.
 Objective: the ``sft`` NELBO of :mod:`tabom.objectives` (LLaDA's SFT form;
 every canvas has the same length, so it is the sum over masked tokens of
 CE / p divided by the number of response tokens in the batch, padding
-included), through :func:`tabom.train.compute_loss`.
+included), in post-training's loop (:func:`tabom.train.run_loop`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -67,14 +68,17 @@ def build_examples(model, cfg: PretrainConfig) -> list[dict]:
     return out
 
 
-def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: bool = True,
-             log_every: int = 50) -> dict:
-    """Train the tiny base from scratch and save it (LLaDA format) to ``out_dir``."""
+def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: bool = True) -> dict:
+    """Train the tiny base from scratch and save it (LLaDA format) to ``out_dir``,
+    with the training loop of post-training (:func:`tabom.train.run_loop`)."""
+    from accelerate import Accelerator
+
     from .models import random_tiny_model
-    from .train import TrainConfig, collate, compute_loss
+    from .train import TrainConfig, collate, run_loop
 
     cfg = cfg or PretrainConfig()
-    objective = TrainConfig(method="sft_gt", eps=cfg.eps)  # the NELBO on the given answers
+    objective = TrainConfig(method="sft_gt", eps=cfg.eps, max_grad_norm=1.0)  # the NELBO on the given answers
+    acc = Accelerator(cpu=True)  # fp32 on CPU, as the shipped base was trained
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -85,57 +89,41 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: b
     model.source = "mini-world tiny LLaDA"
     examples = build_examples(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=1.0, betas=(0.9, 0.98))  # lr 1: LambdaLR's factor below is the lr itself
 
+    # Linear warm-up, then cosine decay to 0.1 * lr: the schedule the shipped base
+    # was trained with. Not transformers' get_cosine_with_min_lr_schedule_with_warmup
+    # (min_lr_rate=0.1): its warm-up is lr * step / warmup, ours lr * (step + 1) /
+    # warmup, so it gives other lrs in the warm-up steps and another base model.
     def lr_at(step):
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
         frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(examples), generator=gen).tolist()
-    model.train()
-    history, t0 = [], time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model, opt = acc.prepare(model, opt)
 
-        bar = tqdm(total=cfg.steps, desc="pretrain tiny base", unit="step")
-    cursor = 0
-    for step in range(cfg.steps):
-        if cursor + cfg.batch_size > len(order):
-            order = torch.randperm(len(examples), generator=gen).tolist()
-            cursor = 0
-        batch = [examples[i] for i in order[cursor:cursor + cfg.batch_size]]
-        cursor += cfg.batch_size
-        terms = compute_loss(model, collate(batch, model.special_ids.pad, model.special_ids.eos),
-                             objective, gen)
-        loss, raw = terms["loss"], terms["ce"]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        history.append((step, loss.item(), raw.item()))
-        if bar is not None:
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", ce=f"{raw.item():.3f}")
-        elif log_every and step % log_every == 0:
-            print(f"step {step} loss {loss.item():.4f} ce {raw.item():.4f}", flush=True)
-    if bar is not None:
-        bar.close()
+    def micro_batches():  # one generator: the data order (reshuffled each epoch) and the noise
+        gen, bs, ids = torch.Generator().manual_seed(cfg.seed), cfg.batch_size, model.special_ids
+        for epoch in itertools.count():
+            order, n = torch.randperm(len(examples), generator=gen).tolist(), max(1, len(examples) // bs)
+            for i in range(n):
+                yield collate([examples[j] for j in order[i * bs:(i + 1) * bs]], ids.pad, ids.eos), gen, epoch, i, n
+
+    history, t0 = [], time.perf_counter()
+    run_loop(acc, model, opt, sched, objective, micro_batches(), params, cfg.steps,
+             {"global_step": 0, "epoch": 0, "micro_in_epoch": 0}, lambda rec, _: history.append(rec),
+             desc="pretrain tiny base", progress=progress)
     model.eval()
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     info = {"config": asdict(cfg), "seconds": round(time.perf_counter() - t0, 1),
             "params": sum(p.numel() for p in model.parameters()),
-            "first_loss": history[0][1], "last_loss": sum(h[1] for h in history[-20:]) / min(20, len(history)),
-            "loss_curve": [(s, round(a, 4), round(b, 4)) for s, a, b in history[:: max(1, cfg.steps // 100)]]}
+            "first_loss": history[0]["loss"], "last_loss": sum(h["loss"] for h in history[-20:]) / len(history[-20:]),
+            "loss_curve": [(h["step"] - 1, round(h["loss"], 4), round(h["ce"], 4))
+                           for h in history[:: max(1, cfg.steps // 100)]]}
     atomic_write_json(out_dir / "pretrain_info.json", info)
     return info

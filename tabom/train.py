@@ -347,6 +347,55 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[1])) if ckpts else None
 
 
+def run_loop(acc, model, opt, sched, cfg, micro_batches, params: list, total_steps: int, state: dict,
+             on_step=None, desc: str = "train", progress: bool = True) -> bool:
+    """The loop of post-training (:func:`train`) and pretraining (:mod:`tabom.pretrain`):
+    ``micro_batches`` yields (collated batch, noise generator, epoch, index in
+    the epoch, micro-batches in the epoch); ``cfg.method``'s loss, accumulation,
+    clipping to ``cfg.max_grad_norm``, optimizer and scheduler steps until
+    ``total_steps``. After each step ``state`` is advanced and ``on_step(record,
+    end_of_epoch)`` called; it returns True to stop (run_loop returns it)."""
+    from tqdm.auto import tqdm
+
+    if state["global_step"] >= total_steps:  # (a resumed run that was done)
+        return False
+    bar = tqdm(total=total_steps, initial=state["global_step"], desc=desc,
+               disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+    model.train()
+    agg: dict[str, list[float]] = {}
+    stopped = False
+    for batch, gen, epoch, micro, n in micro_batches:
+        with acc.accumulate(model):
+            terms = compute_loss(model, batch, cfg, gen, diffusion_model=acc.unwrap_model(model))
+            acc.backward(terms["loss"])
+            if acc.sync_gradients and cfg.max_grad_norm:
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for k, v in terms.items():
+            if torch.is_tensor(v) and not torch.isnan(v):
+                agg.setdefault(k, []).append(float(v.detach()))
+        end_of_epoch = micro + 1 == n
+        if not (acc.sync_gradients or end_of_epoch):
+            continue
+        sched.step()
+        state["global_step"] += 1
+        state["epoch"], state["micro_in_epoch"] = (epoch + 1, 0) if end_of_epoch else (epoch, micro + 1)
+        rec = {"step": state["global_step"], "epoch": round(epoch + (micro + 1) / n, 4),
+               "lr": sched.get_last_lr()[0]}
+        for k, vals in agg.items():
+            local = torch.tensor([sum(vals) / len(vals)], device=acc.device)
+            rec[k] = acc.gather_for_metrics(local).float().mean().item()
+        agg = {}
+        bar.update(1)
+        bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "ce", "pair_acc") if k in rec})
+        stopped = bool(on_step and on_step(rec, end_of_epoch))
+        if stopped or state["global_step"] >= total_steps:
+            break
+    bar.close()
+    return stopped
+
+
 def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True,
           resume: bool = True) -> dict:
     """Train ``cfg`` (resuming from its newest checkpoint); returns the summary.
@@ -356,7 +405,6 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     from .models import add_lora, load_model, save_adapter
@@ -376,11 +424,6 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
     if cfg.gradient_checkpointing:
         dlm.gradient_checkpointing_enable()
     examples = build_examples(cfg, dlm)
-    ids = dlm.special_ids
-
-    def collate_fn(batch):
-        return collate(batch, ids.pad, ids.eos)
-
     n_micro = math.ceil(len(examples) / (acc.num_processes * cfg.per_device_batch))
     steps_per_epoch = max(1, math.ceil(n_micro / cfg.grad_accum))
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
@@ -451,65 +494,33 @@ def train(cfg: TrainConfig, stop_after: int | None = None, progress: bool = True
             os.replace(tmp, target)
         acc.wait_for_everyone()
 
-    bar = tqdm(total=total_steps, initial=state["global_step"], desc=f"train[{cfg.method}]",
-               disable=not (progress and acc.is_main_process), dynamic_ncols=True)
+    def micro_batches():
+        epoch, start = state["epoch"], state["micro_in_epoch"]
+        while True:
+            perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+            dl = acc.prepare(torch.utils.data.DataLoader(
+                [examples[i] for i in perm.tolist()], batch_size=cfg.per_device_batch, shuffle=False,
+                collate_fn=lambda b: collate(b, dlm.special_ids.pad, dlm.special_ids.eos)))
+            for micro, batch in enumerate(acc.skip_first_batches(dl, start) if start else dl, start):
+                yield batch, _micro_generator(cfg.seed, epoch, micro, acc.process_index), epoch, micro, len(dl)
+            epoch, start = epoch + 1, 0
+
+    def on_step(rec, end_of_epoch):
+        if acc.is_main_process:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(rec) + "\n")
+        done = state["global_step"] >= total_steps
+        stop = stop_after is not None and state["global_step"] >= stop_after and not done
+        if end_of_epoch:
+            save_epoch_adapter(state["epoch"] - 1)
+            save_checkpoint()
+        elif done or stop or state["global_step"] % cfg.save_steps == 0:
+            save_checkpoint()
+        return stop
+
     t0 = time.perf_counter()
-    model.train()
-    agg: dict[str, list[float]] = {}
-    stopped = False
-    while state["global_step"] < total_steps and not stopped:
-        epoch = state["epoch"]
-        perm = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        subset = [examples[i] for i in perm.tolist()]
-        dl = acc.prepare(torch.utils.data.DataLoader(subset, batch_size=cfg.per_device_batch,
-                                                     shuffle=False, collate_fn=collate_fn))
-        n_dl = len(dl)
-        start = state["micro_in_epoch"]
-        micro = start
-        for batch in (acc.skip_first_batches(dl, start) if start else dl):
-            gen = _micro_generator(cfg.seed, epoch, micro, acc.process_index)
-            with acc.accumulate(model):
-                terms = compute_loss(model, batch, cfg, gen, diffusion_model=acc.unwrap_model(model))
-                acc.backward(terms["loss"])
-                if acc.sync_gradients and cfg.max_grad_norm:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            micro += 1
-            for k, v in terms.items():
-                if torch.is_tensor(v) and not torch.isnan(v):
-                    agg.setdefault(k, []).append(float(v.detach()))
-            end_of_epoch = micro == n_dl
-            if not (acc.sync_gradients or end_of_epoch):
-                continue
-            sched.step()
-            state["global_step"] += 1
-            state["micro_in_epoch"] = micro
-            rec = {"step": state["global_step"], "epoch": round(epoch + micro / n_dl, 4),
-                   "lr": sched.get_last_lr()[0]}
-            for k, vals in agg.items():
-                local = torch.tensor([sum(vals) / len(vals)], device=acc.device)
-                rec[k] = acc.gather_for_metrics(local).float().mean().item()
-            agg = {}
-            if acc.is_main_process:
-                with log_path.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-            bar.update(1)
-            bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "ce", "pair_acc") if k in rec})
-            done = state["global_step"] >= total_steps
-            stop = stop_after is not None and state["global_step"] >= stop_after and not done
-            if end_of_epoch:
-                state["epoch"], state["micro_in_epoch"] = epoch + 1, 0
-                save_epoch_adapter(epoch)
-                save_checkpoint()
-            elif done or stop or state["global_step"] % cfg.save_steps == 0:
-                save_checkpoint()
-            if done or stop:
-                stopped = stop
-                break
-        if state["global_step"] >= total_steps:
-            break
-    bar.close()
+    stopped = run_loop(acc, model, opt, sched, cfg, micro_batches(), params, total_steps, state, on_step,
+                       desc=f"train[{cfg.method}]", progress=progress)
     if stopped:
         return {"stopped_at": state["global_step"], "total_steps": total_steps}
     save_epoch_adapter(max(state["epoch"] - 1, 0), "adapter")

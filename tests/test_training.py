@@ -575,6 +575,8 @@ def test_stop_and_resume_gives_the_same_adapter(tmp_path, mini_traj):
     assert [r["loss"] for r in _log(full.output_dir)] == [r["loss"] for r in _log(part.output_dir)]
     ckpts = sorted(p.name for p in (Path(part.output_dir) / "checkpoints").iterdir())
     assert ckpts == ["step-8", "step-9"]  # save_total_limit = 2
+    (Path(part.output_dir) / "train_summary.json").unlink()  # killed after its last checkpoint
+    assert train(part, progress=False)["steps"] == 9 and len(_log(part.output_dir)) == 9
 
 
 def test_train_cli_and_two_processes(tmp_path, mini_traj):
@@ -595,6 +597,45 @@ def test_train_cli_and_two_processes(tmp_path, mini_traj):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "o2" / "train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 3
+
+
+_PRETRAIN_SPY = """
+import json, sys, tabom.train as T
+from tabom.pretrain import PretrainConfig, pretrain
+recs, real = [], T.run_loop
+def spy(*a, **k):  # pretraining goes through post-training's loop; keep its records
+    on_step = a[9]
+    return real(*a[:9], lambda rec, end: recs.append(rec) or on_step(rec, end), **k)
+T.run_loop = spy
+pretrain(sys.argv[1], PretrainConfig(steps=12, batch_size=4, warmup=4, hidden_size=32, num_layers=1, num_heads=2,
+                                     intermediate_size=64, n_math=12, n_code=12, threads=1), progress=False)
+print(json.dumps(recs))
+"""
+
+
+def test_pretraining_uses_the_training_loop_and_keeps_its_schedule(tmp_path):
+    """Pretraining runs in :func:`tabom.train.run_loop` (in a subprocess: it wants
+    a CPU Accelerator) with the hand-written schedule's exact lrs: warm-up
+    lr * (step + 1) / warmup, then cosine to 0.1 * lr (not transformers')."""
+    import math
+
+    out = subprocess.run([sys.executable, "-c", _PRETRAIN_SPY, str(tmp_path / "m")], capture_output=True,
+                         text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    recs = json.loads(out.stdout.strip().splitlines()[-1])
+    lr, warmup, steps = 2e-3, 4, 12
+
+    def lr_at(s):  # the learning rate of optimizer step s (0-based)
+        if s < warmup:
+            return lr * (s + 1) / warmup
+        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup))))
+
+    assert [r["step"] for r in recs] == list(range(1, steps + 1))
+    assert [r["lr"] for r in recs] == [lr_at(s) for s in range(1, steps + 1)]  # logged after each step
+    assert [r["epoch"] for r in recs][5:12:6] == [1.0, 2.0]  # 24 examples, 6 batches an epoch, reshuffled
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    info = json.loads((tmp_path / "m" / "pretrain_info.json").read_text())
+    assert info["first_loss"] == recs[0]["loss"] and len(info["loss_curve"]) == steps
 
 
 # --------------------------------------------------------------------- TDS
