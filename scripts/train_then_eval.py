@@ -154,7 +154,7 @@ def plan(cfg: dict, run: Path) -> dict:
 
     add_eval("no_sft", "No-SFT", None, "main", None, all_tasks)
     sel = _select_spec(cfg)
-    chosen = _read_selection(cfg, run) if sel else None
+    chosen = _read_selection(sel, run) if sel else None
     if sel:  # the candidates, first seed, on the validation task
         for v in sel["values"]:
             tid = add_train(f"sel_{sel['param']}{v:g}_{sel['domain']}{sfx(first)}", sel["method"],
@@ -272,13 +272,12 @@ def _select_spec(cfg: dict) -> dict | None:
             "task": str(sel["task"]), "domain": domain}
 
 
-def _read_selection(cfg: dict, run: Path):
-    """The value the select stage chose, when ``select.json`` matches the spec."""
+def _read_selection(spec: dict, run: Path):
+    """The value the select stage chose, when ``select.json`` matches ``spec``."""
     f = run / "select.json"
     if not f.is_file():
         return None
     data = json.loads(f.read_text())
-    spec = _select_spec(cfg)
     return data["chosen"] if {k: data.get(k) for k in spec} == spec else None
 
 
@@ -346,9 +345,8 @@ def _file_reuse(stage: str, path: Path, inputs: dict, force: bool, validate=None
         atomic_json(path, data)
         return True
     if made is None or made.get("key") != state.key_of(inputs):
-        diffs = state._differences((made or {}).get("inputs", {}), inputs)
-        what = "; ".join(f"{k}: {state._short(a)} -> {state._short(b)}" for k, a, b in diffs[:4]) \
-            if made else "no record of its inputs (--adopt keeps outputs made before inputs were recorded)"
+        what = state.describe_changes(made.get("inputs", {}), inputs) if made else \
+            "no record of its inputs (--adopt keeps outputs made before inputs were recorded)"
         say(stage, f"{path}: {what}; redoing it")
         return False
     return True

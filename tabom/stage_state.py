@@ -75,6 +75,13 @@ def _short(v) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+def describe_changes(old: dict, new: dict, most: int = 4) -> str:
+    """The values that differ between two recorded inputs, as ``key: a -> b; ...``."""
+    diffs = _differences(old, new)
+    what = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in diffs[:most])
+    return what + (f" (+{len(diffs) - most} more)" if len(diffs) > most else "")
+
+
 @dataclass
 class Verdict:
     reuse: bool          # the output is complete, intact and made from these inputs
@@ -114,10 +121,9 @@ def check(folder: Path, inputs: dict, done: Callable[[Path], bool],
                                     "before inputs were recorded)")
     diffs = _differences(stamp["inputs"], inputs)
     if diffs:
-        what = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in diffs[:4])
-        more = f" (+{len(diffs) - 4} more)" if len(diffs) > 4 else ""
         top = {k.split(".")[0] for k, _, _ in diffs}
-        return Verdict(False, not top <= set(resumable), f"inputs changed since {folder} was made: {what}{more}")
+        return Verdict(False, not top <= set(resumable), f"inputs changed since {folder} was made: "
+                                                          f"{describe_changes(stamp['inputs'], inputs)}")
     if not done(folder):
         return Verdict(False, False, "unfinished: resuming")
     if validate:

@@ -38,24 +38,27 @@ def _checked(task: str, records: list[dict], where: str) -> list[dict]:
     return records
 
 
+def _dataset(task: str, split: str) -> datasets.DatasetDict:
+    """``split`` of a mini task ("test": N_TEST problems, "validation": N_VAL) as lm-eval reads it."""
+    records = (math_records if task == "mini_math" else code_records)(
+        split, N_TEST if split == "test" else N_VAL)
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(_checked(task, records, f"{split} record"))})
+
+
 def load_mini_math(**kwargs) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(
-        _checked("mini_math", math_records("test", N_TEST), "test record"))})
+    return _dataset("mini_math", "test")
 
 
 def load_mini_code(**kwargs) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(
-        _checked("mini_code", code_records("test", N_TEST), "test record"))})
+    return _dataset("mini_code", "test")
 
 
 def load_mini_math_val(**kwargs) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(
-        _checked("mini_math", math_records("validation", N_VAL), "validation record"))})
+    return _dataset("mini_math", "validation")
 
 
 def load_mini_code_val(**kwargs) -> datasets.DatasetDict:
-    return datasets.DatasetDict({"validation": datasets.Dataset.from_list(
-        _checked("mini_code", code_records("validation", N_VAL), "validation record"))})
+    return _dataset("mini_code", "validation")
 
 
 def mini_math_doc_to_text(doc: dict) -> str:
