@@ -372,9 +372,10 @@ def run_loop(acc, model, opt, sched, cfg, micro_batches, params: list, total_ste
                 acc.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        for k, v in terms.items():
-            if torch.is_tensor(v) and not torch.isnan(v):
-                agg.setdefault(k, []).append(float(v.detach()))
+        for k, v in terms.items():  # one host sync per term
+            x = float(v.detach()) if torch.is_tensor(v) else math.nan
+            if not math.isnan(x):
+                agg.setdefault(k, []).append(x)
         end_of_epoch = micro + 1 == n
         if not (acc.sync_gradients or end_of_epoch):
             continue
