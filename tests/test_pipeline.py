@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -181,18 +182,15 @@ def test_pipeline_config_errors_name_the_file(tmp_path):
     assert "bad.yaml: train.methods ['sft'] unknown" in out.stderr
 
 
-COMMITTED = REPO / "leaderboards" / "mini"
-
-
-@pytest.mark.skipif(not (COMMITTED / "manifest.json").exists(), reason="no committed mini leaderboard yet")
-def test_committed_mini_leaderboard_regenerates_from_its_result_files(tmp_path):
+@pytest.mark.parametrize("name", ["mini", "mini-full"])
+def test_committed_leaderboard_regenerates_from_its_result_files(tmp_path, name):
     from tabom_eval.leaderboard import build_leaderboard
 
-    build_leaderboard(COMMITTED, out_dir=tmp_path)
-    committed = (REPO / "leaderboards" / "mini.md").read_text()
-    assert (tmp_path / "mini.md").read_text() == committed
+    build_leaderboard(REPO / "leaderboards" / name, out_dir=tmp_path)
+    committed = (REPO / "leaderboards" / f"{name}.md").read_text()
+    assert (tmp_path / f"{name}.md").read_text() == committed
     assert "–" not in committed
-    for png in ("mini_tds.png", "mini_ce.png"):
+    for png in (f"{name}_tds.png", f"{name}_ce.png", f"{name}_lambda.png"):
         assert (REPO / "leaderboards" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -343,5 +341,14 @@ def test_mini_full_preset_is_powered(tmp_path):
     assert {f"{m}_math_s{sd}" for m in ("sft_gt", "sft_sd", "tabom") for sd in (0, 1, 2)} | {"no_sft"} == set(main)
     curve = [e for e in pl["evals"] if e["kind"] == "lambda"]
     assert {e["adapter"] for e in curve} == {e["adapter"] for e in pl["evals"] if e["kind"] == "select"}
-    # (the committed leaderboards/mini-full.md is from the earlier one-seed
-    # preset; the three-seed run replaces it when it has finished)
+    # the committed leaderboards/mini-full.md is this preset's run: the same
+    # rows (the selection's validation runs are recorded as the selection, not
+    # as rows), lambda chosen on validation, and 1,000+ valid trajectories
+    manifest = json.loads((REPO / "leaderboards" / "mini-full" / "manifest.json").read_text())
+    chosen = manifest["selection"]
+    assert {k: chosen[k] for k in sel} == sel and chosen["n"] >= 1000
+    (tmp_path / "select.json").write_text(json.dumps({**sel, "chosen": chosen["chosen"]}))
+    pl = T.plan(cfg, tmp_path)
+    assert {r["id"] for r in manifest["runs"]} == {e["id"] for e in pl["evals"] if e["kind"] != "select"}
+    valid = re.search(r"mini_math (\d+)/(\d+)", manifest["data"])
+    assert int(valid[1]) >= 1000 and int(valid[2]) == n_math
